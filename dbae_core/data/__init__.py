@@ -1,0 +1,11 @@
+"""Datasets for DBAE training and evaluation."""
+
+from dbae_core.data.shapes import (
+    ATTRIBUTE_NAMES,
+    FACTOR_NAMES,
+    SHAPE_NAMES,
+    ShapesDataset,
+    factors_to_attributes,
+)
+
+__all__ = ["ATTRIBUTE_NAMES", "FACTOR_NAMES", "SHAPE_NAMES", "ShapesDataset", "factors_to_attributes"]

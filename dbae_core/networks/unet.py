@@ -1,0 +1,106 @@
+"""The denoiser F_θ (dbae-method.md §4): an ADM UNet over concat[c_in·x_t, x_T], with z added to the time embedding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dbae_core.networks.layers import AttentionBlock, EmbedSequential, GroupNorm32, ResBlock, timestep_embedding, zero_
+
+__all__ = ["UNetConfig", "UNet"]
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Sizes of the ADM UNet. `attention_resolutions` are feature-map sizes in pixels."""
+
+    image_size: int = 64
+    channels: int = 3
+    base_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 4, 8)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (32, 16, 8)
+    head_channels: int = 64
+    dropout: float = 0.1
+    resblock_updown: bool = True
+    concat_endpoint: bool = True  # input is concat[c_in·x_t, x_T] (DBAE); False for an unconditional-endpoint UNet
+
+    @property
+    def emb_channels(self) -> int:
+        return 4 * self.base_channels
+
+
+class UNet(nn.Module):
+    """F_θ(x_in, c_noise, x_T, z): ResBlocks conditioned on emb = MLP(sinusoid(c_noise)) + Linear(z)."""
+
+    def __init__(self, cfg: UNetConfig, latent_dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        base, emb_ch = cfg.base_channels, cfg.emb_channels
+        self.time_embed = nn.Sequential(nn.Linear(base, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+        self.latent_embed = nn.Linear(latent_dim, emb_ch)
+
+        def res(cin: int, cout: int, **kw: bool) -> ResBlock:
+            return ResBlock(cin, cout, emb_ch, cfg.dropout, **kw)
+
+        def attn(ch: int) -> AttentionBlock:
+            return AttentionBlock(ch, head_channels=cfg.head_channels)
+
+        in_ch = cfg.channels * (2 if cfg.concat_endpoint else 1)
+        ch = cfg.channel_mult[0] * base
+        self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(in_ch, ch, 3, padding=1))])
+        skips, res_px = [ch], cfg.image_size
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                layers: list[nn.Module] = [res(ch, mult * base)]
+                ch = mult * base
+                if res_px in cfg.attention_resolutions:
+                    layers.append(attn(ch))
+                self.input_blocks.append(EmbedSequential(*layers))
+                skips.append(ch)
+            if level != len(cfg.channel_mult) - 1:
+                down = res(ch, ch, down=True) if cfg.resblock_updown else nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+                self.input_blocks.append(EmbedSequential(down))
+                skips.append(ch)
+                res_px //= 2
+
+        self.middle_block = EmbedSequential(res(ch, ch), attn(ch), res(ch, ch))
+
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                layers = [res(ch + skips.pop(), mult * base)]
+                ch = mult * base
+                if res_px in cfg.attention_resolutions:
+                    layers.append(attn(ch))
+                if level and i == cfg.num_res_blocks:
+                    layers.append(res(ch, ch, up=True) if cfg.resblock_updown else _UpConv(ch))
+                    res_px *= 2
+                self.output_blocks.append(EmbedSequential(*layers))
+
+        self.out_norm = GroupNorm32(ch)
+        self.out_conv = zero_(nn.Conv2d(ch, cfg.channels, 3, padding=1))
+
+    def forward(self, x: Tensor, c_noise: Tensor, x_T: Tensor | None = None, z: Tensor | None = None) -> Tensor:
+        emb = self.time_embed(timestep_embedding(c_noise, self.cfg.base_channels))
+        if z is not None:
+            emb = emb + self.latent_embed(z)
+        h = torch.cat([x, x_T], dim=1) if self.cfg.concat_endpoint else x
+        hs = []
+        for block in self.input_blocks:
+            h = block(h, emb)
+            hs.append(h)
+        h = self.middle_block(h, emb)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, hs.pop()], dim=1), emb)
+        return self.out_conv(F.silu(self.out_norm(h)))
+
+
+class _UpConv(nn.Sequential):
+    """Nearest ×2 then a 3×3 conv (used when resblock_updown is off)."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__(nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1))

@@ -1,0 +1,44 @@
+"""Preset sizes against the release's parameter counts (dbae-method.md §4), and decoder output sizes."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from dbae_core.model import DBAE
+from dbae_core.networks import Decoder, DecoderConfig
+from dbae_core.presets import preset
+
+# (total, unet, encoder, decoder) of the release's DBAE-d models, in millions
+RELEASE = {"celeba64": (120.62, 69.68, 19.32, 31.62), "ffhq128": (162.43, 105.46, 24.67, 32.29)}
+
+
+@pytest.mark.parametrize("name", sorted(RELEASE))
+def test_paper_presets_match_release_parameter_counts(name):
+    counts = DBAE(preset(name)).parameter_counts()
+    for key, target in zip(("total", "unet", "encoder", "decoder"), RELEASE[name]):
+        assert counts[key] / 1e6 == pytest.approx(target, rel=0.03), key
+
+
+def test_stochastic_encoder_adds_a_sigma_head():
+    cfg = preset("celeba64")
+    det = DBAE(cfg).parameter_counts()["encoder"]
+    sto = DBAE(cfg.replace(encoder=dataclasses.replace(cfg.encoder, stochastic=True))).parameter_counts()["encoder"]
+    assert (sto - det) / 1e6 == pytest.approx(0.26, abs=0.01)  # a second 512-wide 1×1 conv output
+
+
+def test_tiny_is_a_few_million_parameters_at_32px():
+    cfg = preset("tiny")
+    assert cfg.image_size == 32
+    assert 1e6 < DBAE(cfg).parameter_counts()["total"] < 5e6
+
+
+@pytest.mark.parametrize("size", [16, 32, 64, 128, 256])
+def test_decoder_output_sizes(size):
+    dec = Decoder(DecoderConfig(image_size=size, ngf=8), latent_dim=16).eval()
+    assert dec(torch.randn(2, 16)).shape == (2, 3, size, size)
+
+
+def test_decoder_rejects_other_sizes():
+    with pytest.raises(ValueError, match="image_size must be one of"):
+        Decoder(DecoderConfig(image_size=48), latent_dim=16)
