@@ -20,7 +20,6 @@ install: $(STAMP)
 # torch and torchvision go in first, as the pinned pair, under constraints.txt so nothing swaps torch later.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) --upgrade pip
 	$(PIP) torch torchvision
 	$(PIP) -e '.[dev]'
 	touch $@

@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     result = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"train_step_{args.preset}_{args.dtype}_b{args.batch}_{'cuda' if 'CPU' not in result['device'] else 'cpu'}.json"
+    kind = "cpu" if result["device"].startswith("CPU") else "cuda"
+    path = out / f"train_step_{args.preset}_{args.dtype}_b{args.batch}_{kind}.json"
     path.write_text(json.dumps(result, indent=2))
     cols = ["preset", "device", "dtype", "batch", "images_per_s", "step_ms", "peak_memory_mib", "parameters_m"]
     fmt = {k: (f"{v:.1f}" if isinstance(v, float) else str(v)) for k, v in result.items()}

@@ -97,7 +97,8 @@ class VPBridge(Bridge):
 
     def __post_init__(self) -> None:
         if not (self.beta_min >= 0 and self.beta_d >= 0 and self.beta_min + self.beta_d > 0):
-            raise ValueError(f"VP bridge needs beta_min >= 0, beta_d >= 0, not both 0; got {self.beta_min}, {self.beta_d}")
+            raise ValueError(f"VP bridge needs beta_min >= 0, beta_d >= 0, not both 0; "
+                             f"got {self.beta_min}, {self.beta_d}")
         if not 0 < self.t_min < self.T:
             raise ValueError(f"VP bridge needs 0 < t_min < T; got t_min={self.t_min}, T={self.T}")
 

@@ -31,7 +31,8 @@ class BridgePrecond:
 
     def __post_init__(self) -> None:
         if self.sigma_data <= 0 or self.sigma_data_end < 0:
-            raise ValueError(f"need sigma_data > 0 and sigma_data_end >= 0; got {self.sigma_data}, {self.sigma_data_end}")
+            raise ValueError(f"need sigma_data > 0 and sigma_data_end >= 0; "
+                             f"got {self.sigma_data}, {self.sigma_data_end}")
         if self.cov * self.cov > (self.sigma_data * self.sigma_data_end) ** 2:
             raise ValueError(f"|cov| must not exceed sigma_data * sigma_data_end; got cov={self.cov}")
 

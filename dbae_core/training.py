@@ -105,8 +105,8 @@ class StepBatchSampler(Sampler[list[int]]):
         return (self.steps - self.start) if self.steps is not None else 2 ** 62
 
 
-def make_optimizer(params, name: str, lr: float, weight_decay: float = 0.0,
-                   betas: tuple[float, float] = (0.9, 0.999), device: torch.device | None = None) -> torch.optim.Optimizer:
+def make_optimizer(params, name: str, lr: float, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
+                   device: torch.device | None = None) -> torch.optim.Optimizer:
     """AdamW / Adam (fused on CUDA) or RAdam (foreach)."""
     params = list(params)
     fast: dict[str, Any] = {"fused": True} if device is not None and device.type == "cuda" else {"foreach": True}
@@ -189,8 +189,7 @@ def fit(model: DBAE, dataset: Dataset, cfg: TrainConfig, run_dir: str | Path, de
             (out.loss / cfg.grad_accum).backward()
             terms = torch.stack([out.loss.detach(), out.loss_bridge.detach(), out.entropy.detach()]).float()
             sums += terms / cfg.grad_accum
-            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(terms[0]), torch.tensor(step, device=device),
-                                   bad_step)
+            bad_step.masked_fill_((bad_step < 0) & ~torch.isfinite(terms[0]), step)  # no host sync
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
         opt.step()
@@ -198,12 +197,12 @@ def fit(model: DBAE, dataset: Dataset, cfg: TrainConfig, run_dir: str | Path, de
         ema.update(model)
         bar.update(1)
 
-        if step % check_every == 0 or step % cfg.log_every == 0 or step % cfg.ckpt_every == 0 or step == cfg.steps:
-            first_bad = int(bad_step)
-            if first_bad >= 0:
-                bar.close()
-                raise NonFiniteLossError(first_bad, latest_checkpoint(ckpt_dir))
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        last = step == cfg.steps
+        at_log, at_ckpt = last or step % cfg.log_every == 0, last or step % cfg.ckpt_every == 0
+        if (step % check_every == 0 or at_log or at_ckpt) and int(bad_step) >= 0:
+            bar.close()  # stop before anything non-finite is logged or checkpointed
+            raise NonFiniteLossError(int(bad_step), latest_checkpoint(ckpt_dir))
+        if at_log:
             now = time.perf_counter()
             n = step - n_last
             loss, loss_bridge, entropy = (sums / n).tolist()
@@ -216,11 +215,12 @@ def fit(model: DBAE, dataset: Dataset, cfg: TrainConfig, run_dir: str | Path, de
                 on_log(step, metrics)
             sums.zero_()
             t_last, n_last = time.perf_counter(), step
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+        if at_ckpt:
             last_ckpt = save_checkpoint(ckpt_dir, {
                 "model": model.state_dict(), "ema": ema.model.state_dict(), "optimizer": opt.state_dict(),
-                "step": step, "rng": rng_state(), "noise_rng": noise_gen.get_state(), "model_config": dataclasses.asdict(model.cfg),
-                "train_config": dataclasses.asdict(cfg)}, keep=cfg.keep_checkpoints)
+                "step": step, "rng": rng_state(), "noise_rng": noise_gen.get_state(),
+                "model_config": dataclasses.asdict(model.cfg), "train_config": dataclasses.asdict(cfg),
+            }, keep=cfg.keep_checkpoints)
             if on_checkpoint is not None:
                 on_checkpoint(step, last_ckpt)
     bar.close()

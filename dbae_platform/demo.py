@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torchvision.utils import save_image
 
 from dbae_core.data import ShapesDataset
 from dbae_core.metrics import mse, psnr, ssim, to_unit
@@ -28,7 +29,7 @@ class DemoConfig:
     steps: int = 500
     batch_size: int = 16
     lr: float = 5e-4
-    ema_decay: float = 0.995
+    ema_decay: float = 0.99
     train_images: int = 20_000
     eval_images: int = 64
     sampler_steps: int = 20
@@ -36,11 +37,22 @@ class DemoConfig:
     seed: int = 0
 
 
-def evaluate(model: DBAE, images: torch.Tensor, steps: int, batch: int = 32) -> dict[str, float]:
-    """Reconstruction MSE / PSNR / SSIM on [0, 1] images (Euler ODE, posterior mean)."""
-    recs = torch.cat([model.reconstruct(images[i:i + batch], steps=steps) for i in range(0, len(images), batch)])
-    x, r = to_unit(images), to_unit(recs.cpu())
+def reconstruct_all(model: DBAE, images: torch.Tensor, steps: int, batch: int = 32) -> torch.Tensor:
+    """Reconstructions of `images` (Euler ODE, posterior mean), in batches, on the CPU."""
+    return torch.cat([model.reconstruct(images[i:i + batch], steps=steps).cpu() for i in range(0, len(images), batch)])
+
+
+def reconstruction_metrics(images: torch.Tensor, recs: torch.Tensor) -> dict[str, float]:
+    """MSE / PSNR / SSIM on [0, 1] images."""
+    x, r = to_unit(images.cpu()), to_unit(recs)
     return {"recon_mse": mse(x, r).mean().item(), "psnr": psnr(x, r).mean().item(), "ssim": ssim(x, r).mean().item()}
+
+
+def save_grid(path: Path, images: torch.Tensor, recs: torch.Tensor, columns: int = 16) -> None:
+    """Originals on odd rows, their reconstructions below them."""
+    n = min(len(images), 4 * columns)
+    rows = [t for i in range(0, n, columns) for t in (images[i:i + columns], recs[i:i + columns])]
+    save_image(to_unit(torch.cat(rows)), path, nrow=columns, padding=1)
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, float]:
@@ -64,11 +76,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
     images = test.render(range(cfg.eval_images))[0]
     train_mean = ShapesDataset(size=32, length=2048, seed=cfg.seed).render(range(2048))[0].mean(0, keepdim=True)
     ema = out["ema"].to(device).eval()
-    metrics = evaluate(ema, images.to(device), cfg.sampler_steps)
+    recs = reconstruct_all(ema, images.to(device), cfg.sampler_steps)
+    metrics = reconstruction_metrics(images, recs)
+    save_grid(cfg.run_dir / "reconstructions.png", images, recs)
     baseline = mse(to_unit(images), to_unit(train_mean.expand_as(images))).mean().item()
     metrics["mean_image_mse"] = baseline
     log.info("reconstruction of %d held-out shapes images (EMA weights, Euler ODE, %d steps, posterior mean):",
              cfg.eval_images, cfg.sampler_steps)
     log.info("  MSE %.5f   PSNR %.2f dB   SSIM %.4f   (mean-image baseline MSE %.5f, %.1fx worse)",
              metrics["recon_mse"], metrics["psnr"], metrics["ssim"], baseline, baseline / metrics["recon_mse"])
+    log.info("originals and reconstructions: %s", cfg.run_dir / "reconstructions.png")
     return metrics
