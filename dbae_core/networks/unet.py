@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dbae_core.networks.layers import AttentionBlock, EmbedSequential, GroupNorm32, ResBlock, timestep_embedding, zero_
+from dbae_core.networks.layers import (AttentionBlock, Downsample, EmbedSequential, GroupNorm32, ResBlock, Upsample,
+                                      timestep_embedding, zero_)
 
 __all__ = ["UNetConfig", "UNet"]
 
@@ -62,7 +63,7 @@ class UNet(nn.Module):
                 self.input_blocks.append(EmbedSequential(*layers))
                 skips.append(ch)
             if level != len(cfg.channel_mult) - 1:
-                down = res(ch, ch, down=True) if cfg.resblock_updown else nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+                down = res(ch, ch, down=True) if cfg.resblock_updown else Downsample(ch)
                 self.input_blocks.append(EmbedSequential(down))
                 skips.append(ch)
                 res_px //= 2
@@ -77,7 +78,7 @@ class UNet(nn.Module):
                 if res_px in cfg.attention_resolutions:
                     layers.append(attn(ch))
                 if level and i == cfg.num_res_blocks:
-                    layers.append(res(ch, ch, up=True) if cfg.resblock_updown else _UpConv(ch))
+                    layers.append(res(ch, ch, up=True) if cfg.resblock_updown else Upsample(ch))
                     res_px *= 2
                 self.output_blocks.append(EmbedSequential(*layers))
 
@@ -98,9 +99,3 @@ class UNet(nn.Module):
             h = block(torch.cat([h, hs.pop()], dim=1), emb)
         return self.out_conv(F.silu(self.out_norm(h)))
 
-
-class _UpConv(nn.Sequential):
-    """Nearest ×2 then a 3×3 conv (used when resblock_updown is off)."""
-
-    def __init__(self, ch: int) -> None:
-        super().__init__(nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1))
