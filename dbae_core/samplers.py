@@ -10,7 +10,7 @@ NFE: Euler N, Heun 2N − 1, Euler + churn 2N, Heun + churn 3N − 1.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

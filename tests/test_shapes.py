@@ -8,8 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dbae_core.data import ATTRIBUTE_NAMES, FACTOR_NAMES, SHAPE_NAMES, ShapesDataset
-from dbae_core.data import shapes
+from dbae_core.data import ATTRIBUTE_NAMES, FACTOR_NAMES, SHAPE_NAMES, ShapesDataset, shapes
 
 # Values fixed by the dataset's specification (not read back from the module).
 SCALE_LO, SCALE_HI = 0.15, 0.35

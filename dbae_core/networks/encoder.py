@@ -5,10 +5,9 @@ DBAE-d: z = Enc(x0). DBAE: Enc(x0) = (m, s); μ = 5 tanh(m/5), log σ' = 5 tanh(
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
-
-import math
 
 import torch
 import torch.nn.functional as F

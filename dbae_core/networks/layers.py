@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["GroupNorm32", "timestep_embedding", "ResBlock", "AttentionBlock", "Downsample", "Upsample", "EmbedSequential",
-           "zero_"]
+__all__ = ["GroupNorm32", "timestep_embedding", "ResBlock", "AttentionBlock", "Downsample", "Upsample",
+           "EmbedSequential", "zero_"]
 
 
 class GroupNorm32(nn.GroupNorm):

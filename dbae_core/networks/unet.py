@@ -8,8 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dbae_core.networks.layers import (AttentionBlock, Downsample, EmbedSequential, GroupNorm32, ResBlock, Upsample,
-                                      timestep_embedding, zero_)
+from dbae_core.networks.layers import (
+    AttentionBlock,
+    Downsample,
+    EmbedSequential,
+    GroupNorm32,
+    ResBlock,
+    Upsample,
+    timestep_embedding,
+    zero_,
+)
 
 __all__ = ["UNetConfig", "UNet"]
 
