@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     path.write_text(json.dumps(result, indent=2))
     cols = ["preset", "device", "dtype", "batch", "images_per_s", "step_ms", "peak_memory_mib", "parameters_m"]
     fmt = {k: (f"{v:.1f}" if isinstance(v, float) else str(v)) for k, v in result.items()}
-    log.info("| %s |\n|%s|\n| %s |", " | ".join(cols), "---|" * len(cols), " | ".join(fmt[c] for c in cols))
+    log.info("| %s |\n|%s\n| %s |", " | ".join(cols), "---|" * len(cols), " | ".join(fmt[c] for c in cols))
     log.info("command: %s\nwritten: %s", result["command"], path)
 
 
