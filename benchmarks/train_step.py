@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import platform
 import resource
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from results_io import write_result
 
 from dbae_core.model import DBAE
 from dbae_core.presets import PRESETS, preset
@@ -101,11 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result = run(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    kind = "cpu" if result["device"].startswith("CPU") else "cuda"
-    path = out / f"train_step_{args.preset}_{args.dtype}_b{args.batch}_{kind}.json"
-    path.write_text(json.dumps(result, indent=2))
+    path = write_result(result, args.out, f"train_step_{args.preset}_{args.dtype}_b{args.batch}")
     cols = ["preset", "device", "dtype", "batch", "images_per_s", "step_ms", "peak_memory_mib", "parameters_m"]
     fmt = {k: (f"{v:.1f}" if isinstance(v, float) else str(v)) for k, v in result.items()}
     log.info("| %s |\n|%s\n| %s |", " | ".join(cols), "---|" * len(cols), " | ".join(fmt[c] for c in cols))

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from dbae_core.autoencoders import AutoencoderConfig, diffae_config
 from dbae_core.bridges import make_bridge
 from dbae_core.data import DATASETS, dataset_channels
 from dbae_core.model import DBAEConfig
@@ -73,6 +74,7 @@ class EvalConfig:
     n: int = 256  # held-out images per suite
     sampler_steps: int = 20
     batch_size: int = 64
+    val_n: int = 16  # held-out images reconstructed at every checkpoint: val/recon_mse (0: off)
 
 
 @dataclass(frozen=True)
@@ -121,22 +123,26 @@ class Config:
     def experiment(self) -> str:
         return self.tracking.experiment or f"dbae/{self.name}"
 
-    def model_config(self) -> DBAEConfig:
-        """The core model config: network sizes from `model`, image size/channels from `data`, SDE from `objective`."""
+    def model_config(self) -> AutoencoderConfig:
+        """The core model config: network sizes from `model`, image size/channels from `data`, SDE from `objective`.
+
+        DBAEConfig for dbae/dbae_d; for diffae the DiffAEConfig with the same encoder and UNet sizes (§7).
+        """
         size, ch = self.data.size, self.channels
         m, o = self.model, self.objective
-        return DBAEConfig(
+        cfg = DBAEConfig(
             image_size=size, latent_dim=m.latent_dim,
             encoder=dataclasses.replace(m.encoder, image_size=size, channels=ch, stochastic=m.method == "dbae"),
             decoder=dataclasses.replace(m.decoder, image_size=size, channels=ch),
             unet=dataclasses.replace(m.unet, image_size=size, channels=ch),
             sde=o.sde, bridge_params=dict(o.bridge), precond=o.precond, sigma_data=o.sigma_data,
             sigma_data_end=o.sigma_data_end, cov=o.cov, entropy_weight=o.entropy_weight)
+        return diffae_config(cfg) if m.method == "diffae" else cfg
 
 
 # Fields of the core network configs that the platform derives (so YAML must not set them).
 _DERIVED = {"image_size": "data.size", "channels": "data.dataset", "stochastic": "model.method",
-            "concat_endpoint": "model.method"}
+            "concat_endpoint": "model.method", "latent_conditioning": "model.method"}
 
 
 def _plain(v: Any) -> Any:
@@ -266,6 +272,7 @@ def _rules(cfg: Config) -> list[tuple[str, Any, bool, str]]:
         ("eval.n", e.n, e.n > 0, "a positive integer"),
         ("eval.sampler_steps", e.sampler_steps, e.sampler_steps > 0, "a positive integer"),
         ("eval.batch_size", e.batch_size, e.batch_size > 0, "a positive integer"),
+        ("eval.val_n", e.val_n, e.val_n >= 0, "an integer >= 0 (0: no validation at checkpoints)"),
         ("resources.num_workers", r.num_workers, r.num_workers > 0, "a positive integer"),
         ("resources.cpus_per_worker", r.cpus_per_worker, r.cpus_per_worker > 0, "a positive number"),
         ("resources.gpus_per_worker", r.gpus_per_worker, r.gpus_per_worker > 0, "a positive number"),

@@ -116,21 +116,39 @@ def _decode(model: DBAE, z: Tensor, steps: int, batch_size: int, device: torch.d
                       for i in _batches(z, batch_size, desc)])
 
 
+def _reconstruct_inferred(model, x: Tensor, steps: int, batch_size: int, device: torch.device) -> Tensor:
+    """DiffAE with inferred x_T: DDIM inversion over `steps` then decoding (encoder + 2·steps NFE per image)."""
+    return torch.cat([model.reconstruct(x[i:i + batch_size].to(device), steps=steps).float().cpu()
+                      for i in _batches(x, batch_size, "reconstruct (inferred x_T)")])
+
+
+def _recon_metrics(x: Tensor, recs: Tensor, prefix: str, lpips_model, batch_size: int,
+                   device: torch.device) -> dict[str, float | None]:
+    xu, ru = to_unit(x), to_unit(recs)
+    metrics: dict[str, float | None] = {f"{prefix}recon_mse": mse(xu, ru).mean().item(),
+                                        f"{prefix}psnr": psnr(xu, ru).mean().item(),
+                                        f"{prefix}ssim": ssim(xu, ru).mean().item(), f"{prefix}lpips": None}
+    if lpips_model is not None:
+        metrics[f"{prefix}lpips"] = torch.cat([lpips_model(x[i:i + batch_size].to(device), recs[i:i + batch_size]
+                                                           .to(device)).cpu() for i in range(0, len(x), batch_size)
+                                               ]).mean().item()
+    return metrics
+
+
 def _recon_suite(model: DBAE, x: Tensor, z: Tensor, out: Path, steps: int, batch_size: int,
                  device: torch.device) -> dict[str, float | None]:
-    recs = _decode(model, z, steps, batch_size, device, "reconstruct")
-    xu, ru = to_unit(x), to_unit(recs)
-    metrics: dict[str, float | None] = {"eval/recon_mse": mse(xu, ru).mean().item(),
-                                        "eval/psnr": psnr(xu, ru).mean().item(),
-                                        "eval/ssim": ssim(xu, ru).mean().item()}
+    """DBAE: x̂0 from z alone (x_T = Dec(z)). DiffAE: from (z, inferred x_T) as `eval/*` and from (z, random x_T)
+    as `eval/random_xT/*`, the setting DBAE competes with at equal latent size (§7)."""
     lpips_model, reason = load_lpips(device=device)
     if lpips_model is None:
         log.info("LPIPS unavailable (%s): reported as n/a", reason)
-        metrics["eval/lpips"] = None
-    else:
-        metrics["eval/lpips"] = torch.cat([lpips_model(x[i:i + batch_size].to(device), recs[i:i + batch_size]
-                                                       .to(device)).cpu() for i in range(0, len(x), batch_size)
-                                           ]).mean().item()
+    diffae = getattr(model, "kind", "dbae") == "diffae"
+    recs = _reconstruct_inferred(model, x, steps, batch_size, device) if diffae else \
+        _decode(model, z, steps, batch_size, device, "reconstruct")
+    metrics = _recon_metrics(x, recs, "eval/", lpips_model, batch_size, device)
+    if diffae:
+        random_recs = _decode(model, z, steps, batch_size, device, "reconstruct (random x_T)")
+        metrics.update(_recon_metrics(x, random_recs, "eval/random_xT/", lpips_model, batch_size, device))
     cols = 16
     k = min(len(x), GRID)
     rows = [t for i in range(0, k, cols) for t in (x[i:i + cols], recs[i:i + cols])]

@@ -21,10 +21,11 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
+from dbae_core.autoencoders import config_from_dict, model_from_config
 from dbae_core.checkpoint import load_checkpoint
 from dbae_core.data import make_dataset
 from dbae_core.data.transforms import to_uint8
-from dbae_core.model import DBAE
+from dbae_core.metrics import mse, to_unit
 from dbae_core.training import NonFiniteLossError, fit
 from dbae_platform import tracking
 from dbae_platform.config import RESUMABLE_KEYS, Config, ConfigError, config_diff, flatten, load_config
@@ -48,17 +49,16 @@ class TrainResult:
 
 # -- pieces shared by the driver, the workers and `dbae eval` ---------------------------------------
 def build_model(cfg: Config) -> torch.nn.Module:
-    """The autoencoder that `model.method` selects, with the sizes of `cfg`."""
-    return DBAE(cfg.model_config())
+    """The autoencoder that `model.method` selects (DBAE, DBAE-d or DiffAE), with the sizes of `cfg`."""
+    return model_from_config(cfg.model_config())
 
 
 def load_model(state: dict[str, Any], ema: bool = True) -> torch.nn.Module:
     """A model rebuilt from a checkpoint's recorded config, with its EMA (default) or raw weights."""
-    from dbae_core.model import DBAEConfig
     kind = state.get("model_kind", "dbae")
-    if kind != "dbae":
+    if kind not in ("dbae", "diffae"):
         raise ConfigError(f"checkpoint holds a {kind!r} model, which this version cannot load")
-    model = DBAE(DBAEConfig.from_dict(state["model_config"]))
+    model = model_from_config(config_from_dict(state["model_config"], kind))
     model.load_state_dict(state["ema" if ema else "model"])
     return model.eval()
 
@@ -159,6 +159,26 @@ def _evaluate(cfg: Config, model: torch.nn.Module, train: Dataset, test: Dataset
                     device=device, sampler_steps=cfg.eval.sampler_steps, batch_size=cfg.eval.batch_size)
 
 
+def _validator(cfg: Config, test: Dataset, device: torch.device):
+    """At every checkpoint: MSE of reconstructing eval.val_n fixed held-out images with the EMA weights
+    (`val/recon_mse`, the intermediate metric ASHA compares trials on). None when eval.val_n is 0."""
+    n = min(cfg.eval.val_n, len(test))
+    if n == 0:
+        return None
+    x = torch.stack([test[i][0] for i in range(n)]).to(device)
+    model = build_model(cfg).to(device).eval()
+    gen = torch.Generator(device)
+
+    @torch.no_grad()
+    def validate(step: int, ema_state: dict[str, torch.Tensor]) -> dict[str, float]:
+        model.load_state_dict(ema_state)
+        gen.manual_seed(cfg.train.seed)  # DiffAE decodes from a random x_T: the same one at every step
+        recon = model.decode(model.encode(x), steps=cfg.eval.sampler_steps, generator=gen)[0]
+        return {"val/recon_mse": mse(to_unit(x.float()), to_unit(recon.float())).mean().item()}
+
+    return validate
+
+
 class _RunStatus:
     """A named Ray actor the driver holds: workers record a non-finite loss there (a report without a checkpoint
     does not reach `Result.metrics`, and raising would make Ray retry a run that is certain to diverge again)."""
@@ -226,7 +246,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if not is_ckpt_step(step):
             ray.train.report({**metrics, "step": step})
 
+    validate = _validator(cfg, test, device) if rank == 0 else None
+
     def checkpointer(step: int, state: dict[str, Any] | None) -> Path | None:
+        if validate is not None and state is not None:
+            last_metrics.update(validate(step, state["ema"]))
+            if logger is not None:
+                logger.log_metrics({k: v for k, v in last_metrics.items() if k.startswith("val/")}, step)
         if step == t.steps:  # reported after the evaluation, below
             final_state.update(state or {})
             return None
@@ -321,8 +347,13 @@ def _retrying(what: str, fn, *args, tries: int = 12, wait_s: float = 5.0, **kwar
             time.sleep(wait_s)
 
 
-def train(cfg: Config, tracking_uri: str | None = None, parent_run_id: str | None = None) -> TrainResult:
-    """Train `cfg` on Ray (local unless RAY_ADDRESS is set), tracked in MLflow; rerunning resumes."""
+def train(cfg: Config, tracking_uri: str | None = None, parent_run_id: str | None = None, *,
+          tags: dict[str, str] | None = None, callbacks: list[Any] | None = None) -> TrainResult:
+    """Train `cfg` on Ray (local unless RAY_ADDRESS is set), tracked in MLflow; rerunning resumes.
+
+    `parent_run_id` nests the MLflow run under a sweep's parent run and `tags` adds to its tags; `callbacks` are Ray
+    Train callbacks (a Tune trial passes TuneReportCallback, so its reports reach Tune).
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -339,7 +370,7 @@ def train(cfg: Config, tracking_uri: str | None = None, parent_run_id: str | Non
     config_yaml = cfg.to_yaml()
     (run_dir / "config.yaml").write_text(config_yaml)
     tags = {"dbae.preset": cfg.name, "dbae.seed": str(cfg.train.seed), "dbae.method": cfg.model.method,
-            "dbae.run_dir": str(run_dir)}
+            "dbae.run_dir": str(run_dir), **(tags or {})}
     if (commit := tracking.git_commit()) is not None:
         tags["mlflow.source.git.commit"] = commit
     run_id, resumed = tracking.open_run(uri, cfg.experiment, run_dir, runs_dir, cfg.name, flatten(cfg.to_dict()),
@@ -358,7 +389,8 @@ def train(cfg: Config, tracking_uri: str | None = None, parent_run_id: str | Non
         scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=per_worker),
         run_config=RunConfig(name=cfg.name, storage_path=str(runs_dir),
                              failure_config=FailureConfig(max_failures=r.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+                             callbacks=callbacks),
     )
     try:
         result = trainer.fit()

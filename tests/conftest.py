@@ -16,3 +16,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A real local Ray cluster for one test module: 2 CPUs, dashboard (Train's state API needs it) on loopback."""
+    import ray
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", object_store_memory=256 * 2**20,
+             log_to_driver=False)
+    yield
+    ray.shutdown()

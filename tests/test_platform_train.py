@@ -28,14 +28,6 @@ FAST = ["data.train_images=256", "train.batch_size=4", "train.log_every=2", "tra
         "train.image_every=0", "eval.suites=[]", "eval.sampler_steps=4", "resources.cpus_per_worker=0.5"]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", object_store_memory=256 * 2**20,
-             log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def config(tmp_path: Path, name: str, *overrides: str):
     return load_config("tiny", [*FAST, f"name={name}", f"tracking.runs_dir={tmp_path / 'runs'}", *overrides])
 

@@ -65,11 +65,13 @@ class ResBlock(nn.Module):
     """ADM residual block with optional scale-shift conditioning on an embedding and optional up/down-sampling.
 
     With `emb_channels=None` (the DiffAE encoder, no time input) the block is GN→SiLU→conv plus the skip path only,
-    exactly as DiffAE's unconditioned ResBlock.
+    exactly as DiffAE's unconditioned ResBlock. With `cond_channels` (DiffAE's UNet, §7) a latent z further scales the
+    normalised features: GN(h)(1 + s_t) + b_t, then ·(1 + s_z) with s_z = Linear(SiLU(z)).
     """
 
     def __init__(self, channels: int, out_channels: int | None = None, emb_channels: int | None = None,
-                 dropout: float = 0.0, up: bool = False, down: bool = False, scale_shift: bool = True) -> None:
+                 dropout: float = 0.0, up: bool = False, down: bool = False, scale_shift: bool = True,
+                 cond_channels: int | None = None) -> None:
         super().__init__()
         out_channels = out_channels or channels
         self.in_norm = GroupNorm32(channels)
@@ -83,9 +85,12 @@ class ResBlock(nn.Module):
             self.out_norm = GroupNorm32(out_channels)
             self.dropout = nn.Dropout(dropout)
             self.out_conv = zero_(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        if cond_channels is not None and not self.conditioned:
+            raise ValueError("a latent scale (cond_channels) needs the time embedding (emb_channels)")
+        self.cond = nn.Linear(cond_channels, out_channels) if cond_channels is not None else None
         self.skip = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
 
-    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
         h = F.silu(self.in_norm(x))
         if self.resample is not None:
             h, x = self.resample(h), self.resample(x)
@@ -97,6 +102,8 @@ class ResBlock(nn.Module):
                 h = self.out_norm(h) * (1 + scale) + shift
             else:
                 h = self.out_norm(h + e)
+            if self.cond is not None:
+                h = h * (1 + self.cond(F.silu(cond)).to(h.dtype)[:, :, None, None])
             h = self.out_conv(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
@@ -127,9 +134,9 @@ class AttentionBlock(nn.Module):
 
 
 class EmbedSequential(nn.Sequential):
-    """A sequence of layers where ResBlocks receive the conditioning embedding."""
+    """A sequence of layers where ResBlocks receive the conditioning embedding (and the latent, for a latent scale)."""
 
-    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, emb: Tensor | None = None, cond: Tensor | None = None) -> Tensor:  # type: ignore[override]
         for layer in self:
-            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+            x = layer(x, emb, cond) if isinstance(layer, ResBlock) else layer(x)
         return x

@@ -1,4 +1,7 @@
-"""The denoiser F_θ (dbae-method.md §4): an ADM UNet over concat[c_in·x_t, x_T], with z added to the time embedding."""
+"""The denoiser F_θ (dbae-method.md §4): an ADM UNet over concat[c_in·x_t, x_T], with z added to the time embedding.
+
+With `latent_conditioning="scale"` it is DiffAE's UNet instead (§7): z scales every ResBlock's normalised features.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ from dbae_core.networks.layers import (
     zero_,
 )
 
-__all__ = ["UNetConfig", "UNet"]
+__all__ = ["UNetConfig", "UNet", "LATENT_CONDITIONING"]
+
+LATENT_CONDITIONING = ("embed", "scale")
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,13 @@ class UNetConfig:
     dropout: float = 0.1
     resblock_updown: bool = True
     concat_endpoint: bool = True  # input is concat[c_in·x_t, x_T] (DBAE); False for an unconditional-endpoint UNet
+    # "embed": emb = time + Linear(z) (DBAE); "scale": GN(h)(1 + s_t) + b_t, then ·(1 + s_z) per ResBlock (DiffAE)
+    latent_conditioning: str = "embed"
+
+    def __post_init__(self) -> None:
+        if self.latent_conditioning not in LATENT_CONDITIONING:
+            raise ValueError(f"unet.latent_conditioning={self.latent_conditioning!r} is invalid: use one of "
+                             f"{LATENT_CONDITIONING}")
 
     @property
     def emb_channels(self) -> int:
@@ -43,17 +55,19 @@ class UNetConfig:
 
 
 class UNet(nn.Module):
-    """F_θ(x_in, c_noise, x_T, z): ResBlocks conditioned on emb = MLP(sinusoid(c_noise)) + Linear(z)."""
+    """F_θ(x_in, c_noise, x_T, z): ResBlocks conditioned on emb = MLP(sinusoid(c_noise)) + Linear(z) (or z-scaled)."""
 
     def __init__(self, cfg: UNetConfig, latent_dim: int) -> None:
         super().__init__()
         self.cfg = cfg
         base, emb_ch = cfg.base_channels, cfg.emb_channels
         self.time_embed = nn.Sequential(nn.Linear(base, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
-        self.latent_embed = nn.Linear(latent_dim, emb_ch)
+        self.scaled = cfg.latent_conditioning == "scale"
+        self.latent_embed = None if self.scaled else nn.Linear(latent_dim, emb_ch)
+        cond_ch = latent_dim if self.scaled else None
 
         def res(cin: int, cout: int, **kw: bool) -> ResBlock:
-            return ResBlock(cin, cout, emb_ch, cfg.dropout, **kw)
+            return ResBlock(cin, cout, emb_ch, cfg.dropout, cond_channels=cond_ch, **kw)
 
         def attn(ch: int) -> AttentionBlock:
             return AttentionBlock(ch, head_channels=cfg.head_channels)
@@ -95,15 +109,20 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, c_noise: Tensor, x_T: Tensor | None = None, z: Tensor | None = None) -> Tensor:
         emb = self.time_embed(timestep_embedding(c_noise, self.cfg.base_channels))
-        if z is not None:
+        cond = None
+        if self.scaled:
+            if z is None:
+                raise ValueError("a UNet with latent_conditioning='scale' needs z")
+            cond = z
+        elif z is not None:
             emb = emb + self.latent_embed(z)
         h = torch.cat([x, x_T], dim=1) if self.cfg.concat_endpoint else x
         hs = []
         for block in self.input_blocks:
-            h = block(h, emb)
+            h = block(h, emb, cond)
             hs.append(h)
-        h = self.middle_block(h, emb)
+        h = self.middle_block(h, emb, cond)
         for block in self.output_blocks:
-            h = block(torch.cat([h, hs.pop()], dim=1), emb)
+            h = block(torch.cat([h, hs.pop()], dim=1), emb, cond)
         return self.out_conv(F.silu(self.out_norm(h)))
 
