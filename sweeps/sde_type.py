@@ -1,0 +1,26 @@
+"""VP vs VE bridge (dbae-method.md §2), each with the stochastic (DBAE) and the deterministic (DBAE-d) encoder.
+
+    python sweeps/sde_type.py --smoke
+    python sweeps/sde_type.py --preset shapes32 --seeds 3
+
+The bridge schedule takes each SDE's defaults (objective.bridge: {}), so VP and VE are compared at their own settings.
+"""
+
+import sys
+
+from dbae_platform.sweep_cli import main
+from dbae_platform.tune import Study
+
+STUDY = Study(
+    name="sde_type",
+    description="VP vs VE bridges, with DBAE and DBAE-d.",
+    preset="tiny",
+    overrides={"objective.bridge": {}},
+    space={"objective.sde": ["vp", "ve"], "model.method": ["dbae", "dbae_d"]},
+    search="grid",
+    metric=("eval/recon_mse",),
+    mode=("min",),
+)
+
+if __name__ == "__main__":
+    sys.exit(main(STUDY))
