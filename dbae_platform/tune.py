@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,20 @@ def _tuple(v: Any) -> tuple:
     return tuple(v) if isinstance(v, (list, tuple)) else (v,)
 
 
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _numbers(v: Any) -> Any:
+    """Space values with YAML 1.1's exponent-without-dot strings ("1e-4") read as the floats they mean."""
+    if isinstance(v, str) and _FLOAT.match(v):
+        return float(v)
+    if isinstance(v, list):
+        return [_numbers(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _numbers(x) for k, x in v.items()}
+    return v
+
+
 def study_from_dict(d: dict[str, Any], source: str = "study") -> Study:
     """A validated Study from a plain dict (what a study YAML holds); one-line ConfigError otherwise."""
     known = {f.name for f in dataclasses.fields(Study)}
@@ -122,6 +137,8 @@ def study_from_dict(d: dict[str, Any], source: str = "study") -> Study:
     for key in ("metric", "mode"):
         if key in d:
             d[key] = _tuple(d[key])
+    if isinstance(d.get("space"), dict):
+        d["space"] = _numbers(d["space"])
     study = Study(**d)
     validate_study(study, source)
     return study

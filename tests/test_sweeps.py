@@ -118,6 +118,11 @@ def test_study_yaml_and_validation(tmp_path):
                     "  objective.entropy_weight: {loguniform: [1.0e-4, 1.0e-1]}\noverrides: {model.method: dbae}\n")
     study = load_study(path)
     assert study.seeds == (0, 1) and study.swept == ["model.latent_dim", "objective.entropy_weight"]
+    # YAML 1.1 reads 1e-4 as a string; the space means the number
+    path.write_text("name: s\nsearch: random\nspace:\n  objective.entropy_weight: {loguniform: [1e-4, 1e-1]}\n"
+                    "  train.lr: [1e-3, 2e-3]\n")
+    assert load_study(path).space == {"objective.entropy_weight": {"loguniform": [1e-4, 1e-1]},
+                                      "train.lr": [1e-3, 2e-3]}
     bad = [
         ({"name": "x", "space": {"model.latent_dim": {"uniform": [1, 2]}}}, "cannot enumerate"),
         ({"name": "x", "space": {}}, "space is empty"),
