@@ -130,7 +130,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_checkpoint(path: Path) -> tuple[Path, Path | None]:
+def resolve_checkpoint(path: Path) -> tuple[Path, Path | None]:
     """(state file, config.yaml or None) for a checkpoint directory or file."""
     if path.is_dir():
         state = path / "state.pt"
@@ -151,7 +151,7 @@ def _eval(args: argparse.Namespace) -> int:
     from dbae_platform.config import SUITES, ConfigError, load_config
     from dbae_platform.evaluate import evaluate, format_table, write_metrics_json
     from dbae_platform.train import build_datasets, load_model
-    state_path, cfg_path = _resolve_checkpoint(args.checkpoint)
+    state_path, cfg_path = resolve_checkpoint(args.checkpoint)
     state = load_checkpoint(state_path)
     if cfg_path is None:
         raise FileNotFoundError(f"no config.yaml beside {state_path}: the dataset to evaluate on is unknown; "

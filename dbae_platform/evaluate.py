@@ -82,7 +82,7 @@ def _collect(dataset: Dataset, n: int, seed: int, batch_size: int) -> tuple[Tens
     return torch.cat(images), [torch.cat(col) for col in zip(*extras)], idx
 
 
-def _label_kinds(extras: Sequence[Tensor]) -> dict[str, Tensor]:
+def label_kinds(extras: Sequence[Tensor]) -> dict[str, Tensor]:
     """{"classes" | "attributes" | "factors": labels}, the first element of each kind."""
     kinds: dict[str, Tensor] = {}
     for t in extras:
@@ -232,12 +232,12 @@ def evaluate(model: DBAE, *, train: Dataset, test: Dataset, suites: Sequence[str
     out.mkdir(parents=True, exist_ok=True)
     model = model.to(device).eval()
     test_x, test_extra, _ = _collect(test, n, seed, batch_size)
-    lab_te = _label_kinds(test_extra)
+    lab_te = label_kinds(test_extra)
     z_te, encode_ms = _encode(model, test_x, batch_size, device)
     metrics: dict[str, float | None] = {"eval/encode_ms": encode_ms}
     if {"probe", "disentangle", "generation"} & set(suites):
         train_x, train_extra, _ = _collect(train, n, seed, batch_size)
-        lab_tr = _label_kinds(train_extra)
+        lab_tr = label_kinds(train_extra)
         z_tr = _encode(model, train_x, batch_size, device)[0]
         shared = set(lab_tr) & set(lab_te)  # label kinds both splits carry
         shared_tr, shared_te = ({k: lab[k] for k in shared} for lab in (lab_tr, lab_te))

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from dbae_core.editing import fit_probe, manipulate, manipulate_latent, save_grid, save_strip
 from dbae_core.latent_prior import LatentPrior, encode_dataset, fit_prior, load_prior, prior_preset, save_prior
 from dbae_platform.argtypes import positive
-from dbae_platform.commands import _resolve_checkpoint
+from dbae_platform.commands import resolve_checkpoint
 from dbae_platform.config import Config, ConfigError
 
 __all__ = ["add_parsers", "HANDLERS", "SMALL_MODEL"]
@@ -147,7 +147,7 @@ def _load_run(args: argparse.Namespace) -> _Run:
     if not args.checkpoint.exists():
         raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist: pass a checkpoint directory written by "
                                 "dbae train (it holds state.pt and config.yaml)")
-    state_path, cfg_path = _resolve_checkpoint(args.checkpoint)
+    state_path, cfg_path = resolve_checkpoint(args.checkpoint)
     if cfg_path is None:
         raise FileNotFoundError(f"no config.yaml beside {state_path}: the run's dataset is unknown; pass a checkpoint "
                                 "directory written by dbae train")
@@ -380,7 +380,7 @@ def _binary_labels(spec: str, kinds: dict[str, Tensor], names: dict[str, tuple[s
 
 
 def _manipulate(args: argparse.Namespace) -> int:
-    from dbae_platform.evaluate import _label_kinds
+    from dbae_platform.evaluate import label_kinds
     run = _load_run(args)
     scales = [s for group in args.scales for s in group]
     if not scales:
@@ -389,7 +389,7 @@ def _manipulate(args: argparse.Namespace) -> int:
     train, test = _datasets(run)
     batch = run.cfg.eval.batch_size
     x_tr, extras = _take(train, args.probe_images, args.seed, batch)
-    kinds = _label_kinds(extras)
+    kinds = label_kinds(extras)
     if "classes" in kinds and bool((kinds["classes"] < 0).all()):
         del kinds["classes"]  # -1 marks unlabelled images
     if not kinds:
