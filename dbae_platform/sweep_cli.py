@@ -46,7 +46,7 @@ def apply_flags(study: Study, args: argparse.Namespace) -> Study:
     """The study with the command line's changes (validated again)."""
     from dbae_platform.config import parse_overrides
     from dbae_platform.tune import Asha, study_from_dict
-    d = {k: v for k, v in study.__dict__.items()}
+    d = dict(study.__dict__)
     if args.preset:
         d["preset"] = args.preset
     if args.num_samples:
@@ -65,8 +65,6 @@ def apply_flags(study: Study, args: argparse.Namespace) -> Study:
         d["max_concurrent_trials"] = args.max_concurrent
     if args.name:
         d["name"] = args.name
-    if isinstance(d.get("asha"), Asha):
-        d["asha"] = dict(d["asha"].__dict__)
     return study_from_dict(d, "command line")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["TrackingError", "resolve_uri", "check_reachable", "open_run", "finish_run", "MetricLogger",
-           "git_commit", "PARAM_LIMIT"]
+           "git_commit", "PARAM_LIMIT", "mlflow_client"]
 
 log = logging.getLogger(__name__)
 PARAM_LIMIT = 500  # characters kept of one param value (MLflow rejects long values)
@@ -70,7 +70,8 @@ def git_commit() -> str | None:
     return f"{sha}-dirty" if dirty else sha
 
 
-def _client(uri: str):
+def mlflow_client(uri: str):
+    """An MlflowClient for `uri` (mlflow imported on first use)."""
     from mlflow.tracking import MlflowClient
     return MlflowClient(tracking_uri=uri)
 
@@ -100,7 +101,7 @@ def _params(flat: dict[str, Any]) -> list[Any]:
 def open_run(uri: str, experiment: str, run_dir: Path, runs_dir: Path, run_name: str, params: dict[str, Any],
              tags: dict[str, str], config_yaml: str, parent_run_id: str | None = None) -> tuple[str, bool]:
     """The MLflow run of `run_dir`: the one recorded there (a rerun resumes it) or a new one. Returns (id, resumed)."""
-    client = _client(uri)
+    client = mlflow_client(uri)
     record = run_dir / RUN_FILE
     if record.is_file():
         saved = json.loads(record.read_text())
@@ -130,7 +131,7 @@ def finish_run(uri: str, run_id: str, status: str, metrics: dict[str, float] | N
                artifacts: Iterable[Path] = (), artifact_path: str | None = None) -> None:
     """Log final metrics and artifacts and set the run's status (FINISHED, FAILED or KILLED)."""
     from mlflow.entities import Metric
-    client = _client(uri)
+    client = mlflow_client(uri)
     now = int(time.time() * 1000)
     if metrics:
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()
@@ -151,7 +152,7 @@ class MetricLogger:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast: this thread does the retrying
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.uri, self.run_id, self.retry_s = uri, run_id, retry_s
-        self._client = _client(uri)
+        self._client = mlflow_client(uri)
         self._queue: queue.Queue = queue.Queue()
         self._pending: list[tuple[str, Any]] = []
         self._down_since: float | None = None

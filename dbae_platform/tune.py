@@ -350,7 +350,7 @@ def _trial_states(grid) -> dict[str, str]:
 def _settle_children(uri: str, parent_run_id: str, states: dict[str, str]) -> int:
     """A child whose trial Tune ended without an error but that did not finish was stopped early (ASHA): KILLED, with
     a tag saying so; one whose trial is still pending (an interrupted sweep) is KILLED until --resume reopens it."""
-    client = tracking._client(uri)
+    client = tracking.mlflow_client(uri)
     parent = client.get_run(parent_run_id)
     runs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
                               max_results=5000)
@@ -487,7 +487,7 @@ def finish_sweep(study: Study, uri: str, parent_run_id: str, out: Path, search=N
     plots = ablation.plot_metrics(table, swept, out) if table.num_rows else []
     extra = _optuna_summary(search, out) if search is not None else []
     best = _best(study, table)
-    client = tracking._client(uri)
+    client = tracking.mlflow_client(uri)
     for path in [*paths.values(), *plots, *extra]:
         client.log_artifact(parent_run_id, str(path), "ablation")
     metrics = {}
