@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from dbae_core.checkpoint import CheckpointError
@@ -87,6 +89,8 @@ def guarded(run, parser: argparse.ArgumentParser, argv: list[str] | None = None)
         return run(args) or 0
     except (UsageError, ConfigurationError, CheckpointError, ValueError, FileNotFoundError, LookupError,
             commands.TrackingError) as err:
+        if os.environ.get("DBAE_DEBUG"):  # the one line hides where it came from; DBAE_DEBUG=1 shows it
+            traceback.print_exc()
         sys.stderr.write(f"{prog}: error: {err}\n")
         return 2
     except NonFiniteLossError as err:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from dbae_platform.argtypes import positive
+from dbae_platform.storage import default_storage_path
 from dbae_platform.tracking import TrackingError
 
 __all__ = ["add_train", "add_eval", "add_ui", "add_sweep", "add_table", "HANDLERS", "TrackingError"]
@@ -55,7 +56,8 @@ def add_ui(sub) -> None:
                                    "127.0.0.1 with one worker and job execution off. Ctrl-C stops it.")
     p.add_argument("--port", type=positive(int), default=5000)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("--runs-dir", type=Path, default=Path(default_storage_path()),
+                   help="where the embedded store lives (default $DBAE_STORAGE_PATH, else runs)")
 
 
 def add_sweep(sub) -> None:
@@ -76,7 +78,8 @@ def add_table(sub) -> None:
     p.add_argument("experiment", metavar="EXPERIMENT")
     p.add_argument("--parent-run", metavar="RUN_ID", help="a given sweep's parent run (default: the newest)")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (overrides MLFLOW_TRACKING_URI)")
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where the embedded store lives")
+    p.add_argument("--runs-dir", type=Path, default=Path(default_storage_path()),
+                   help="where the embedded store lives (default $DBAE_STORAGE_PATH, else runs)")
     p.add_argument("--format", choices=("md", "csv"), default="md")
     p.add_argument("--out", type=Path, help="also write ablation.md/.csv/.parquet and the plots here")
 

@@ -21,6 +21,7 @@ from dbae_core.data import DATASETS, dataset_channels
 from dbae_core.model import DBAEConfig
 from dbae_core.networks import DecoderConfig, EncoderConfig, UNetConfig
 from dbae_core.training import TrainConfig
+from dbae_platform.storage import default_storage_path
 
 __all__ = ["ConfigError", "Config", "DataConfig", "ModelConfig", "ObjectiveConfig", "EvalConfig", "TrackingConfig",
            "ResourcesConfig", "CONFIG_DIR", "METHODS", "load_config", "parse_overrides", "build", "flatten",
@@ -81,7 +82,7 @@ class EvalConfig:
 class TrackingConfig:
     uri: str | None = None  # MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else sqlite:///<runs_dir>/mlflow.db
     experiment: str | None = None  # None: dbae/<name>
-    runs_dir: str = "runs"
+    runs_dir: str = field(default_factory=default_storage_path)
 
 
 @dataclass(frozen=True)

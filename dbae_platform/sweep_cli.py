@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from dbae_platform.argtypes import positive
+from dbae_platform.storage import default_storage_path
 from dbae_platform.tune import Study, parse_space_overrides, run_sweep
 
 __all__ = ["add_study_flags", "apply_flags", "run_study", "main"]
@@ -35,9 +36,9 @@ def add_study_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--asha", action="store_true", help="stop poor trials early (ASHA on val/recon_mse)")
     p.add_argument("--max-concurrent", type=positive(int), help="trials at once (default: as many as fit)")
     p.add_argument("--name", help="sweep name (default: the study's); names the MLflow experiment sweep/NAME")
-    p.add_argument("--storage-path", type=Path, default=Path("runs"),
-                   help="runs directory: Tune state, trial checkpoints, ablation files, embedded MLflow store "
-                        "(shared storage on a cluster; default runs)")
+    p.add_argument("--storage-path", type=Path, default=Path(default_storage_path()),
+                   help="runs directory: Tune state, trial checkpoints, ablation files, embedded MLflow store; on a "
+                        "multi-node cluster a directory every node mounts (default $DBAE_STORAGE_PATH, else runs)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are kept")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (overrides MLFLOW_TRACKING_URI)")
 
@@ -69,11 +70,14 @@ def apply_flags(study: Study, args: argparse.Namespace) -> Study:
 
 
 def run_study(study: Study, args: argparse.Namespace) -> int:
+    from dbae_platform.config import parse_overrides
     study = apply_flags(study, args)
     if args.smoke and not args.name:  # a smoke run never mixes with the real sweep's trials or experiment
         study = study.replace(name=f"{study.name}-smoke")
+    # --set beats --smoke's settings (`--smoke --set resources.cpus_per_worker=1`); the study's own overrides do not
+    command_line = parse_overrides(args.overrides) if args.smoke and args.overrides else None
     result = run_sweep(study, storage_path=args.storage_path, resume=args.resume, smoke=args.smoke,
-                       tracking_uri=args.tracking_uri)
+                       tracking_uri=args.tracking_uri, extra_overrides=command_line)
     sys.stdout.write(f"\nablation table of sweep {study.name} (mean ± std over seeds; MLflow parent run "
                      f"{result.parent_run_id}):\n\n{result.table_markdown}\n")
     if result.best is not None:

@@ -128,14 +128,16 @@ def open_run(uri: str, experiment: str, run_dir: Path, runs_dir: Path, run_name:
 
 
 def finish_run(uri: str, run_id: str, status: str, metrics: dict[str, float] | None = None, step: int = 0,
-               artifacts: Iterable[Path] = (), artifact_path: str | None = None) -> None:
-    """Log final metrics and artifacts and set the run's status (FINISHED, FAILED or KILLED)."""
-    from mlflow.entities import Metric
+               artifacts: Iterable[Path] = (), artifact_path: str | None = None,
+               tags: dict[str, str] | None = None) -> None:
+    """Log final metrics, tags and artifacts and set the run's status (FINISHED, FAILED or KILLED)."""
+    from mlflow.entities import Metric, RunTag
     client = mlflow_client(uri)
     now = int(time.time() * 1000)
-    if metrics:
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()
-                                          if v is not None])
+    if metrics or tags:
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items()
+                                          if v is not None],
+                         tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
     for path in artifacts:
         client.log_artifact(run_id, str(path), artifact_path)
     client.set_terminated(run_id, status=status)

@@ -30,6 +30,7 @@ from dbae_core.training import NonFiniteLossError, fit
 from dbae_platform import tracking
 from dbae_platform.config import RESUMABLE_KEYS, Config, ConfigError, config_diff, flatten, load_config
 from dbae_platform.run_status import RunStatus
+from dbae_platform.storage import require_shared_storage
 
 __all__ = ["train", "TrainResult", "build_model", "build_datasets", "dry_run", "run_paths", "load_model"]
 
@@ -203,6 +204,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     device = ray.train.torch.get_device()
+    if "status" in loop_config:  # where this rank runs, for the run's record (several nodes on a cluster)
+        loop_config["status"].add_worker.remote(rank, ray.get_runtime_context().get_node_id(),
+                                                ray.util.get_node_ip_address())
     torch.manual_seed(cfg.train.seed)
     train, test = build_datasets(cfg)
     model = build_model(cfg)
@@ -335,11 +339,13 @@ def _retrying(what: str, fn, *args, tries: int = 12, wait_s: float = 5.0, **kwar
 
 
 def train(cfg: Config, tracking_uri: str | None = None, parent_run_id: str | None = None, *,
-          tags: dict[str, str] | None = None, callbacks: list[Any] | None = None) -> TrainResult:
+          tags: dict[str, str] | None = None, callbacks: list[Any] | None = None,
+          check_storage: bool = True) -> TrainResult:
     """Train `cfg` on Ray (local unless RAY_ADDRESS is set), tracked in MLflow; rerunning resumes.
 
     `parent_run_id` nests the MLflow run under a sweep's parent run and `tags` adds to its tags; `callbacks` are Ray
-    Train callbacks (a Tune trial passes TuneReportCallback, so its reports reach Tune).
+    Train callbacks (a Tune trial passes TuneReportCallback, so its reports reach Tune). On a multi-node cluster the
+    runs directory must be shared by every node (`check_storage`; a sweep checks once for all its trials).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -353,6 +359,9 @@ def train(cfg: Config, tracking_uri: str | None = None, parent_run_id: str | Non
                            Path(previous["checkpoint"]), previous["metrics"])
     uri = tracking.resolve_uri(tracking_uri, cfg.tracking.uri, runs_dir)
     tracking.check_reachable(uri)
+    _ray_init()
+    if check_storage:
+        require_shared_storage(runs_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_yaml = cfg.to_yaml()
     (run_dir / "config.yaml").write_text(config_yaml)
@@ -365,7 +374,6 @@ def train(cfg: Config, tracking_uri: str | None = None, parent_run_id: str | Non
     log.info("%s MLflow run %s in experiment %r at %s", "resuming" if resumed else "started", run_id,
              cfg.experiment, uri)
 
-    _ray_init()
     import ray
     status = ray.remote(num_cpus=0)(RunStatus).remote()
     r = cfg.resources
@@ -401,9 +409,12 @@ def train(cfg: Config, tracking_uri: str | None = None, parent_run_id: str | Non
         torch.save({k: state[k] for k in ("ema", "step", "model_kind", "model_config")}, ema_path)
         artifacts = [ema_path, run_dir / "config.yaml"]
     eval_metrics = {k: float(v) for k, v in metrics.items() if k.startswith("eval/")}
+    workers = ray.get(status.get_workers.remote())
     (run_dir / RESULT_FILE).write_text(json.dumps({"step": int(metrics.get("step", 0)), "run_id": run_id,
                                                    "tracking_uri": uri, "checkpoint": str(checkpoint),
-                                                   "metrics": eval_metrics}, indent=2))
-    _retrying("log the final artifacts", tracking.finish_run, uri, run_id, "FINISHED", artifacts=artifacts)
+                                                   "metrics": eval_metrics, "workers": workers}, indent=2))
+    nodes = ",".join(sorted({f"{w['ip']}/{w['node_id'][:8]}" for w in workers}))  # as storage.node_label
+    _retrying("log the final artifacts", tracking.finish_run, uri, run_id, "FINISHED", artifacts=artifacts,
+              tags={"dbae.nodes": nodes})
     return TrainResult(run_dir, run_id, uri, int(metrics.get("step", cfg.train.steps)), checkpoint, eval_metrics)
 

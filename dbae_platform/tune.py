@@ -262,7 +262,8 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], swept: list[str],
                              "tracking.runs_dir": trials_dir, "tracking.experiment": experiment})
     finished_before = (run_paths(cfg)[1] / RESULT_FILE).is_file()
     tags = {"dbae.sweep.values": json.dumps(values), "dbae.sweep.trial": trial_id}
-    result = train(cfg, tracking_uri, parent_run_id, tags=tags, callbacks=[TuneReportCallback()])
+    result = train(cfg, tracking_uri, parent_run_id, tags=tags, callbacks=[TuneReportCallback()],
+                   check_storage=False)  # the sweep's driver checked the storage path for all trials
     if finished_before:  # no Ray Train run happened, so nothing reached Tune: report the stored result
         tune.report({**result.metrics, "step": result.step})
 
@@ -416,6 +417,7 @@ def run_sweep(study: Study, *, storage_path: str | Path = "runs", resume: bool =
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from dbae_platform.storage import require_shared_storage
     from dbae_platform.train import _ray_init
 
     cfg = base_config(study, smoke, extra_overrides)
@@ -426,11 +428,11 @@ def run_sweep(study: Study, *, storage_path: str | Path = "runs", resume: bool =
         log.info("nothing to resume: no sweep %r under %s yet, so it starts now", study.name, tune_dir)
     uri = tracking.resolve_uri(tracking_uri, cfg.tracking.uri, runs_dir)
     tracking.check_reachable(uri)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    parent_run_id = _open_parent(study, cfg, uri, sweep_dir, runs_dir, resume)
-
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # training reports carry eval/* only at the end
     _ray_init()
+    require_shared_storage(runs_dir)  # before anything is written: every trial's node must see the same runs
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    parent_run_id = _open_parent(study, cfg, uri, sweep_dir, runs_dir, resume)
     grid_seeds = study.search != "optuna"
     search, num_samples = _searcher(study, cfg.train.seed)
     trainable = tune.with_parameters(

@@ -1,5 +1,6 @@
 """The study files as users run them: `python sweeps/X.py`, an interrupted sweep resumed with --resume, and
-`ray job submit` against a `ray start --head` cluster on loopback with token authentication on."""
+`ray job submit` against a two-node cluster (`ray start --head` + `ray start --address`) on loopback with token
+authentication on, sweeping over both nodes into one shared storage path."""
 
 import json
 import os
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -45,8 +47,8 @@ def test_every_study_file_has_help():
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
 
 
-def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_head, tmp_path):
-    env = ray_head[1]  # the sweep connects to the running cluster (RAY_ADDRESS), as under `ray job submit`
+def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster, tmp_path):
+    env = ray_cluster[1]  # the sweep connects to the running cluster (RAY_ADDRESS), as under `ray job submit`
     cmd = [sys.executable, "sweeps/latent_dim.py", "--smoke", "--space", "model.latent_dim=[8,16]",
            "--max-concurrent", "1", "--storage-path", str(tmp_path)]
     train = tmp_path / "sweeps" / "latent_dim-smoke" / "train"
@@ -80,40 +82,110 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ray_head():
-    """A Ray head on 127.0.0.1 with token authentication, shared by the tests below and stopped afterwards."""
+def ray_cluster():
+    """Two Ray nodes on 127.0.0.1 with token authentication: a head (`ray start --head`) and a second node (`ray start
+    --address`), 1 CPU each and a custom resource each (node_a, node_b), shared by the tests below."""
     ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent))
     env = {**ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     env.pop("RAY_ADDRESS", None)
     gcs, dash = _free_port(), _free_port()
-    start = subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-                            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-                            "--include-dashboard=true", "--disable-usage-stats"],
-                           env=env, capture_output=True, text=True, timeout=180)
-    assert start.returncode == 0, start.stderr[-3000:]
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    temp_b = tempfile.mkdtemp(prefix="ray_b_")  # short: Ray's socket paths live under it
     try:
+        head = subprocess.run([ray_bin, "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+                               f"--dashboard-port={dash}", "--include-dashboard=true", *common,
+                               '--resources={"node_a": 1}'], env=env, capture_output=True, text=True, timeout=180)
+        assert head.returncode == 0, head.stderr[-3000:]
+        # Its own temp dir, as on a second machine: nodes sharing one would share the job's unpacked working
+        # directory, and the second node's runtime-env agent would replace it under the running driver.
+        second = subprocess.run([ray_bin, "start", f"--address=127.0.0.1:{gcs}", *common, f"--temp-dir={temp_b}",
+                                 '--resources={"node_b": 1}'], env=env, capture_output=True, text=True, timeout=180)
+        assert second.returncode == 0, second.stderr[-3000:]
         yield ray_bin, {**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"}, f"http://127.0.0.1:{dash}"
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp_b, ignore_errors=True)
 
 
-def test_ray_job_submit_runs_a_study_on_a_token_authenticated_head(ray_head, tmp_path):
-    ray_bin, env, address = ray_head
-    env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}  # the job client talks to the dashboard
+def _node_resources(ray_bin: str, env: dict) -> dict[str, str]:
+    """{node ID: its custom resource (node_a / node_b)}, from Ray's state API."""
+    listed = subprocess.run([ray_bin, "list", "nodes", "--format", "json", "--detail"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    nodes = json.loads(listed.stdout)
+    return {n["node_id"]: next(k for k in n["resources_total"] if k.startswith("node_")) for n in nodes
+            if n["state"] == "ALIVE"}
+
+
+def test_ray_job_submit_spreads_a_sweep_over_two_nodes_into_shared_storage(ray_cluster, tmp_path):
+    ray_bin, env, address = ray_cluster
+    assert sorted(_node_resources(ray_bin, env).values()) == ["node_a", "node_b"]
+    client_env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}  # the job client talks to the dashboard
     # Without the token the job API refuses: authentication is on.
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"{address}/api/jobs/", timeout=10)
     assert refused.value.code in (401, 403)
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # Two trials whose single worker takes a whole CPU: with 1 CPU per node they can only run side by side on the two
+    # nodes. No --tracking-uri: the MLflow store defaults into the shared storage path too.
+    shared = tmp_path / "shared"
     submit = subprocess.run(
         [ray_bin, "job", "submit", "--address", address, "--working-dir", ".", "--runtime-env",
          "sweeps/runtime_env.yaml", "--", sys.executable, "sweeps/latent_dim.py", "--smoke", "--space",
-         "model.latent_dim=[8]", "--storage-path", str(tmp_path), "--tracking-uri", uri],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
+         "model.latent_dim=[8,16]", "--set", "resources.cpus_per_worker=1", "--storage-path", str(shared)],
+        cwd=ROOT, env=client_env, capture_output=True, text=True, timeout=540)
     assert submit.returncode == 0 and "succeeded" in submit.stdout, (submit.stdout[-3000:], submit.stderr[-2000:])
-    kids = children(uri, "sweep/latent_dim-smoke")
-    assert [r.info.run_name for r in kids] == ["latent_dim=8,seed=0"]
-    assert "eval/recon_mse" in kids[0].data.metrics and kids[0].info.status == "FINISHED"
-    parent_table = json.loads((tmp_path / "sweeps" / "latent_dim-smoke" / "ablation" / "best.json").read_text())
-    assert parent_table["metric"] == "eval/recon_mse"
+    assert "shared by all 2 Ray nodes" in submit.stdout + submit.stderr
+
+    kids = children(f"sqlite:///{shared / 'mlflow.db'}", "sweep/latent_dim-smoke")
+    assert sorted(r.info.run_name for r in kids) == ["latent_dim=16,seed=0", "latent_dim=8,seed=0"]
+    assert {r.info.status for r in kids} == {"FINISHED"} and all("eval/recon_mse" in r.data.metrics for r in kids)
+    resources = _node_resources(ray_bin, env)
+    used = []
+    for run in kids:
+        trial_dir = shared / "sweeps" / "latent_dim-smoke" / "train" / run.info.run_name
+        workers = json.loads((trial_dir / "result.json").read_text())["workers"]
+        assert len(workers) == 1
+        used.append(resources[workers[0]["node_id"]])
+        assert run.data.tags["dbae.nodes"] == f"{workers[0]['ip']}/{workers[0]['node_id'][:8]}"
+        assert sorted(trial_dir.glob("checkpoint_*/state.pt")), f"no checkpoint in {trial_dir}"
+        assert run.info.artifact_uri.startswith((shared / "mlartifacts").as_uri())
+        assert (shared / "mlartifacts").is_dir()
+    assert sorted(used) == ["node_a", "node_b"]  # one trial per node
+    assert (shared / "sweeps" / "latent_dim-smoke" / "ablation" / "ablation.md").is_file()
+
+
+_PROBE = """
+import logging, sys
+from pathlib import Path
+import ray
+from dbae_platform import storage
+from dbae_platform.config import ConfigError
+logging.basicConfig(level=logging.INFO)
+ray.init(log_to_driver=False)
+d = Path(sys.argv[1])
+d.mkdir(parents=True, exist_ok=True)
+(d / "marker").write_text("x")
+print("present", sorted(storage.nodes_seeing(d / "marker").values()))
+print("absent", sorted(storage.nodes_seeing(d / "missing").values()))
+# Nodes on one machine share its disk, so a node that cannot see the path is simulated from here on: the second
+# node's answer is replaced by False (what an NFS-less worker machine answers).
+real = storage.nodes_seeing
+storage.nodes_seeing = lambda marker: {k: i == 0 and v for i, (k, v) in enumerate(sorted(real(marker).items()))}
+try:
+    storage.require_shared_storage(d)
+except ConfigError as err:
+    print("refused", err)
+"""
+
+
+def test_storage_check_asks_every_node_and_refuses_a_node_local_path(ray_cluster, tmp_path):
+    _, env, _ = ray_cluster
+    out = subprocess.run([sys.executable, "-c", _PROBE, str(tmp_path / "runs")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    assert lines["present"] == "[True, True]" and lines["absent"] == "[False, False]"  # both nodes answered
+    refusal = lines["refused"]
+    assert "is node-local: 1 of 2 Ray nodes (" in refusal and "--storage-path" in refusal
+    assert not list((tmp_path / "runs").glob(".dbae-shared-*"))  # the marker is cleaned up
