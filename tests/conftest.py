@@ -7,6 +7,9 @@ import torch
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# Ray Train's controller polls its workers every 2 s by default; the tests' runs last seconds, so each run would spend
+# up to a poll at start and at end idle. Child processes (ray start, dbae train, sweeps) inherit this.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,8 +1,8 @@
 """`dbae train` end to end on a real local Ray cluster and a real MLflow store (sqlite, and one `mlflow server`).
 
-Covers: 2-worker CPU DDP (gloo) training logged to MLflow; DDP numerics (2 × B equals 1 × 2B); a killed worker; a
-killed driver and the rerun that resumes into the same MLflow run; a NaN loss; a tracking server down at start
-and one that drops mid-run.
+Covers: 2-worker CPU DDP (gloo) training logged to MLflow, surviving a killed worker; DDP numerics (2 × B equals
+1 × 2B); a killed driver and the rerun that resumes into the same MLflow run; a NaN loss; a tracking server down at
+start and one that drops mid-run.
 """
 
 import os
@@ -62,18 +62,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_worker_ddp_run_is_tracked(tmp_path, local_ray):
+def test_two_worker_ddp_run_survives_a_killed_worker_and_is_tracked(tmp_path, local_ray):
+    """One 2-worker DDP run (gloo): a worker is killed after the first checkpoint; Ray Train restarts the group from
+    it, and the run finishes with one clean MLflow history, images, eval metrics and artifacts."""
     from dbae_platform.train import train
-    cfg = config(tmp_path, "ddp", "train.steps=8", "train.image_every=4", "resources.num_workers=2",
+    cfg = config(tmp_path, "ddp", "train.steps=12", "train.image_every=4", "resources.num_workers=2",
                  "eval.suites=[recon]", "eval.n=8")
-    result = train(cfg)
-    assert result.step == 8 and result.checkpoint is not None
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.setdefault("result", train(cfg)))
+    thread.start()
+    deadline = time.monotonic() + 240
+    while not checkpoints(tmp_path / "runs" / "ddp") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pids = train_worker_pids()
+    assert pids, "no Ray Train worker process found"
+    os.kill(pids[-1], signal.SIGKILL)
+    thread.join(timeout=400)
+    assert "result" in out, "training did not finish after a worker was killed"
+    result = out["result"]
+    assert result.step == 12 and result.checkpoint is not None
     run = client_for(tmp_path).get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["model.latent_dim"] == "64" and run.data.params["resources.num_workers"] == "2"
     assert run.data.tags["dbae.preset"] == "ddp" and "dbae.seed" in run.data.tags
     client = client_for(tmp_path)
-    assert steps_of(client, result.run_id) == [2, 4, 6, 8]
+    assert steps_of(client, result.run_id) == [2, 4, 6, 8, 10, 12]  # each step once, in order, across the restart
     assert all(m.value > 0 for m in client.get_metric_history(result.run_id, "train/images_per_s"))
     assert 0 < run.data.metrics["eval/recon_mse"] < 1 and "eval/ssim" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
@@ -84,21 +97,24 @@ def test_two_worker_ddp_run_is_tracked(tmp_path, local_ray):
     assert load_config(result.run_dir / "config.yaml") == cfg
 
     # `dbae eval CHECKPOINT` on the run's last checkpoint: metrics JSON and grids beside it, a table on stdout
-    out = tmp_path / "eval"
+    eval_dir = tmp_path / "eval"
     assert main(["eval", str(result.checkpoint), "--suite", "recon", "--n", "4", "--sampler-steps", "2",
-                 "--out", str(out)]) == 0
+                 "--out", str(eval_dir)]) == 0
     import json
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert 0 < metrics["eval/recon_mse"] < 1 and (out / "reconstructions.png").stat().st_size > 0
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    assert 0 < metrics["eval/recon_mse"] < 1 and (eval_dir / "reconstructions.png").stat().st_size > 0
     assert main(["eval", str(tmp_path / "missing")]) == 2
 
 
-def _one_step(tmp_path: Path, name: str, workers: int, batch: int, seed: int = 0) -> dict:
+def _one_step_config(tmp_path: Path, name: str, workers: int, batch: int):
+    return config(tmp_path, name, "train.steps=1", "train.log_every=1", "train.ckpt_every=1",
+                  f"train.batch_size={batch}", f"resources.num_workers={workers}", "model.decoder.norm=group",
+                  "train.lr=1e-2")
+
+
+def _one_step(tmp_path: Path, name: str, workers: int, batch: int) -> dict:
     from dbae_platform.train import train
-    cfg = config(tmp_path, name, "train.steps=1", "train.log_every=1", "train.ckpt_every=1",
-                 f"train.batch_size={batch}", f"resources.num_workers={workers}", "model.decoder.norm=group",
-                 "train.lr=1e-2", f"train.seed={seed}")
-    result = train(cfg)
+    result = train(_one_step_config(tmp_path, name, workers, batch))
     return torch.load(result.checkpoint / "state.pt", weights_only=True)["model"]
 
 
@@ -108,35 +124,17 @@ def test_ddp_step_equals_one_worker_with_the_global_batch(tmp_path, local_ray):
     Adam's first step is ≈ lr·sign(g): a wrong shard or noise slice flips signs and moves weights by ~2·lr = 2e-2;
     all-reduce summation order moves them by < 1% of lr.
     """
+    from dbae_platform.train import build_model
     two = _one_step(tmp_path, "two", workers=2, batch=4)
     one = _one_step(tmp_path, "one", workers=1, batch=8)
-    other = _one_step(tmp_path, "other", workers=1, batch=8, seed=1)  # a different batch: the test can fail
     worst = max((two[k].float() - one[k].float()).abs().max().item() for k in one)
-    moved = max((other[k].float() - one[k].float()).abs().max().item() for k in one)
     assert worst < 1e-4, worst
-    assert moved > 1e-2, moved
-
-
-def test_killed_worker_resumes_from_last_checkpoint(tmp_path, local_ray):
-    from dbae_platform.train import train
-    cfg = config(tmp_path, "kill", "train.steps=16", "train.ckpt_every=4", "resources.num_workers=2")
-    out: dict = {}
-    thread = threading.Thread(target=lambda: out.setdefault("result", train(cfg)))
-    thread.start()
-    deadline = time.monotonic() + 240
-    while not checkpoints(tmp_path / "runs" / "kill") and time.monotonic() < deadline:
-        time.sleep(0.5)
-    pids = train_worker_pids()
-    assert pids, "no Ray Train worker process found"
-    os.kill(pids[-1], signal.SIGKILL)
-    thread.join(timeout=400)
-    assert "result" in out, "training did not finish after a worker was killed"
-    result = out["result"]
-    assert result.step == 16
-    client = client_for(tmp_path)
-    steps = steps_of(client, result.run_id)
-    assert steps == sorted(set(steps)) and steps[-1] == 16, steps
-    assert client.get_run(result.run_id).info.status == "FINISHED"
+    # The test can fail: the step moved the weights by about lr from the workers' initialisation (seeded the same
+    # way here), so a sign flipped by a wrong shard would show as ~2e-2, 200× the tolerance.
+    torch.manual_seed(0)
+    init = build_model(_one_step_config(tmp_path, "init", 1, 8)).state_dict()
+    moved = max((one[k].float() - init[k].float()).abs().max().item() for k in one if init[k].is_floating_point())
+    assert 5e-3 < moved < 2e-2, moved
 
 
 def _dbae(tmp_path: Path, *args: str) -> subprocess.Popen:
