@@ -27,9 +27,9 @@ def default_storage_path() -> str:
     return os.environ.get(STORAGE_ENV) or "runs"
 
 
-def node_label(node: dict) -> str:
-    """How a node is named in messages: its IP and the start of its ID (several nodes can share an IP)."""
-    return f"{node['NodeManagerAddress']}/{node['NodeID'][:8]}"
+def node_label(ip: str, node_id: str) -> str:
+    """How a node is named in messages and tags: its IP and the start of its ID (several nodes can share an IP)."""
+    return f"{ip}/{node_id[:8]}"
 
 
 def _sees(marker: str) -> bool:
@@ -45,7 +45,8 @@ def nodes_seeing(marker: Path, timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, 
     refs = {}
     for node in (n for n in ray.nodes() if n["Alive"]):
         pinned = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-        refs[probe.options(scheduling_strategy=pinned).remote(str(marker))] = node_label(node)
+        ref = probe.options(scheduling_strategy=pinned).remote(str(marker))
+        refs[ref] = node_label(node["NodeManagerAddress"], node["NodeID"])
     ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
     seen: dict[str, bool | None] = {label: None for label in refs.values()}
     for ref in ready:

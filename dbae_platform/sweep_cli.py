@@ -74,8 +74,9 @@ def run_study(study: Study, args: argparse.Namespace) -> int:
     study = apply_flags(study, args)
     if args.smoke and not args.name:  # a smoke run never mixes with the real sweep's trials or experiment
         study = study.replace(name=f"{study.name}-smoke")
-    # --set beats --smoke's settings (`--smoke --set resources.cpus_per_worker=1`); the study's own overrides do not
-    command_line = parse_overrides(args.overrides) if args.smoke and args.overrides else None
+    # The command line's --set comes last, so it beats --smoke's settings too (`--smoke --set
+    # resources.cpus_per_worker=1`); the study's own overrides do not
+    command_line = parse_overrides(args.overrides) or None
     result = run_sweep(study, storage_path=args.storage_path, resume=args.resume, smoke=args.smoke,
                        tracking_uri=args.tracking_uri, extra_overrides=command_line)
     sys.stdout.write(f"\nablation table of sweep {study.name} (mean ± std over seeds; MLflow parent run "

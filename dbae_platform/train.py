@@ -30,7 +30,7 @@ from dbae_core.training import NonFiniteLossError, fit
 from dbae_platform import tracking
 from dbae_platform.config import RESUMABLE_KEYS, Config, ConfigError, config_diff, flatten, load_config
 from dbae_platform.run_status import RunStatus
-from dbae_platform.storage import require_shared_storage
+from dbae_platform.storage import node_label, require_shared_storage
 
 __all__ = ["train", "TrainResult", "build_model", "build_datasets", "dry_run", "run_paths", "load_model"]
 
@@ -413,7 +413,7 @@ def train(cfg: Config, tracking_uri: str | None = None, parent_run_id: str | Non
     (run_dir / RESULT_FILE).write_text(json.dumps({"step": int(metrics.get("step", 0)), "run_id": run_id,
                                                    "tracking_uri": uri, "checkpoint": str(checkpoint),
                                                    "metrics": eval_metrics, "workers": workers}, indent=2))
-    nodes = ",".join(sorted({f"{w['ip']}/{w['node_id'][:8]}" for w in workers}))  # as storage.node_label
+    nodes = ",".join(sorted({node_label(w["ip"], w["node_id"]) for w in workers}))
     _retrying("log the final artifacts", tracking.finish_run, uri, run_id, "FINISHED", artifacts=artifacts,
               tags={"dbae.nodes": nodes})
     return TrainResult(run_dir, run_id, uri, int(metrics.get("step", cfg.train.steps)), checkpoint, eval_metrics)
