@@ -8,12 +8,12 @@ STAMP  := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED ?= 0
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: install demo test test-fast bench data clean help
+.PHONY: install demo test test-fast bench bench-nfe data clean help
 
 help:
 	@echo "make demo   - set up .venv and run the latent-dimension sweep on the tiny preset (local Ray + MLflow, CPU)"
 	@echo "make test   - set up .venv and run the test suite"
-	@echo "make bench  - set up .venv and run the train-step benchmark"
+	@echo "make bench  - set up .venv and run the benchmarks (train step fast vs reference, encode, sample, eval, platform)"
 
 install: $(STAMP)
 
@@ -39,9 +39,21 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
+# Every benchmark prints a markdown table and writes JSON (device, dtype, batch, torch, command) to benchmarks/results/.
+# CPU defaults; on a GPU machine: make bench BENCH_PRESET=celeba64 BENCH_BATCH=64
+BENCH_PRESET ?= tiny
+BENCH_BATCH  ?= 32
 bench: $(STAMP)
-	$(PY) benchmarks/train_step.py --preset tiny --batch 32
-	$(PY) benchmarks/train_step.py --preset celeba64 --batch 8 --steps 3
+	$(PY) benchmarks/train_step.py --preset $(BENCH_PRESET) --batch $(BENCH_BATCH) --modes fast reference
+	$(PY) benchmarks/encode.py --preset $(BENCH_PRESET) --batch $(BENCH_BATCH)
+	$(PY) benchmarks/sample.py --preset $(BENCH_PRESET) --batch $(BENCH_BATCH)
+	$(PY) benchmarks/eval.py --preset $(BENCH_PRESET)
+	$(PY) benchmarks/platform_overhead.py --config tiny
+
+# Reconstruction quality per NFE on a trained checkpoint: make bench-nfe CHECKPOINT=runs/<run>/<trial>/checkpoint_N
+bench-nfe: $(STAMP)
+	@test -n "$(CHECKPOINT)" || { echo "make bench-nfe: set CHECKPOINT=<a checkpoint directory written by dbae train>"; exit 2; }
+	$(PY) benchmarks/nfe_quality.py $(CHECKPOINT)
 
 # Real data that exists offline: Fashion-MNIST from Debian (files land in /usr/share/datasets/fashion-mnist).
 data:

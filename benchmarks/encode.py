@@ -11,14 +11,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
-import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from results_io import write_result
+from results_io import command_line, device_name, pick_device, time_ms, write_result
 
 from dbae_core.autoencoders import build_autoencoder
 from dbae_core.presets import PRESETS
@@ -27,28 +22,9 @@ from dbae_core.training import autocast
 log = logging.getLogger("benchmarks.encode")
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def time_ms(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int, warmup: int) -> float:
-    """Mean wall-clock milliseconds of one call of `fn` (synchronised on CUDA)."""
-    for _ in range(warmup):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        out = fn()
-    out.sum().item()  # one sync at the end
-    return 1000 * (time.perf_counter() - t0) / repeats
-
-
 @torch.no_grad()
 def run(args: argparse.Namespace) -> dict:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     precision = "bf16" if args.dtype == "bf16" else "fp32"
     torch.manual_seed(0)
     dbae = build_autoencoder(args.method, args.preset).to(device).eval()
@@ -79,7 +55,7 @@ def run(args: argparse.Namespace) -> dict:
         "dtype": args.dtype, "batch": args.batch, "repeats": args.repeats, "rows": rows,
         "parameters_m": {args.method: dbae.parameter_counts()["total"] / 1e6,
                          "diffae": diffae.parameter_counts()["total"] / 1e6},
-        "torch": torch.__version__, "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "torch": torch.__version__, "command": command_line(),
     }
 
 

@@ -10,30 +10,16 @@ rate excludes the first log interval (start-up, first-batch costs); the ratio pl
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from results_io import command_line, device_name, markdown_table, steady_rate, write_result
 
 log = logging.getLogger("benchmarks.platform_overhead")
-
-
-def steady_rate(history: list[tuple[int, float]]) -> float:
-    """Mean images/s over the log intervals after the first (weighted by interval length)."""
-    rates = sorted(history)[1:]
-    if not rates:
-        raise ValueError("need at least two log intervals: raise --steps or lower --log-every")
-    steps = [s for s, _ in sorted(history)]
-    spans = [b - a for a, b in zip(steps, steps[1:])]
-    total = sum(spans)
-    seconds = sum(span / rate for span, (_, rate) in zip(spans, rates))
-    return total / seconds
 
 
 def bare(cfg, run_dir: Path) -> tuple[float, float]:
@@ -81,18 +67,15 @@ def main(argv: list[str] | None = None) -> None:
         plat_rate, plat_wall = platform_run(cfg)
     result = {
         "benchmark": "platform_overhead", "config": args.config, "steps": args.steps, "batch": args.batch,
-        "device": f"CPU ({platform.processor() or platform.machine()}, {threads} threads)",
+        "device": device_name(torch.device("cpu")), "dtype": "fp32",
         "bare_images_per_s": bare_rate, "platform_images_per_s": plat_rate, "ratio": plat_rate / bare_rate,
-        "bare_wall_s": bare_wall, "platform_wall_s": plat_wall, "torch": torch.__version__,
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "bare_wall_s": bare_wall, "platform_wall_s": plat_wall, "torch": torch.__version__, "command": command_line(),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"platform_overhead_{args.config}_b{args.batch}.json"
-    path.write_text(json.dumps(result, indent=2))
-    log.info("| loop | images/s (steady) | wall s (incl. start-up) |\n|---|---|---|\n"
-             "| bare fit, 1 process | %.1f | %.1f |\n| dbae train, 1 Ray worker + MLflow | %.1f | %.1f |",
-             bare_rate, bare_wall, plat_rate, plat_wall)
+    path = write_result(result, args.out, f"platform_overhead_{args.config}_b{args.batch}")
+    rows = [{"loop": "bare fit, 1 process", "images/s (steady)": bare_rate, "wall s (incl. start-up)": bare_wall},
+            {"loop": "dbae train, 1 Ray worker + MLflow", "images/s (steady)": plat_rate,
+             "wall s (incl. start-up)": plat_wall}]
+    log.info("%s", markdown_table(rows, list(rows[0])))
     log.info("ratio platform/bare: %.3f (overhead %.1f%%)\ncommand: %s\nwritten: %s", result["ratio"],
              100 * (1 - result["ratio"]), result["command"], path)
 

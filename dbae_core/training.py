@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from dbae_core.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from dbae_core.ema import EMA
+from dbae_core.fastpath import ATTENTION, REFERENCE, configure
 from dbae_core.model import DBAE
 
 __all__ = ["TrainConfig", "NonFiniteLossError", "fit", "make_optimizer", "StepBatchSampler", "autocast", "step_seed",
@@ -44,9 +45,15 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     ema_decay: float = 0.9999
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
+    # Execution settings (dbae_core.fastpath): speed and memory only, the same model and loss.
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "fp32"
     channels_last: bool = True  # applied on CUDA only
-    compile: bool = False
+    compile: bool = False  # torch.compile the UNet (first steps pay the compilation)
+    fused_optimizer: bool = True  # fused (CUDA; RAdam has no fused kernel: foreach) or foreach optimizer + clipping
+    foreach_ema: bool = True
+    attention: str = "sdpa"  # "sdpa" (scaled_dot_product_attention) or "plain" (explicit softmax(qkᵀ/√d)v)
+    activation_checkpointing: bool = False  # recompute UNet blocks in backward: for large batches at 128/256 px
+    reference: bool = False  # run as the release does: overrides the settings above with fastpath.REFERENCE
     log_every: int = 50
     ckpt_every: int = 500
     image_every: int = 0  # steps between `on_images` calls (image grids); 0 disables
@@ -66,6 +73,7 @@ class TrainConfig:
             "ema_decay": (0 <= self.ema_decay < 1, "a number in [0, 1)"),
             "grad_clip": (self.grad_clip >= 0, "a number >= 0 (0 disables clipping)"),
             "precision": (self.precision in ("auto", "bf16", "fp32"), "'auto', 'bf16' or 'fp32'"),
+            "attention": (self.attention in ATTENTION, f"one of {ATTENTION}"),
             "log_every": (self.log_every > 0, "a positive integer"),
             "ckpt_every": (self.ckpt_every > 0, "a positive integer"),
             "image_every": (self.image_every >= 0, "an integer >= 0 (0: no image grids)"),
@@ -75,6 +83,10 @@ class TrainConfig:
         for key, (ok, allowed) in checks.items():
             if not ok:
                 raise ValueError(f"train.{key}={getattr(self, key)} is invalid: allowed is {allowed}")
+
+    def execution(self) -> TrainConfig:
+        """The settings a run executes with: these, or the reference path's when `reference` is set."""
+        return dataclasses.replace(self, **REFERENCE) if self.reference else self
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -128,16 +140,17 @@ def step_seed(seed: int, micro_step: int) -> int:
 
 
 def make_optimizer(params, name: str, lr: float, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
-                   device: torch.device | None = None) -> torch.optim.Optimizer:
-    """AdamW / Adam (fused on CUDA) or RAdam (foreach)."""
+                   device: torch.device | None = None, fused: bool = True) -> torch.optim.Optimizer:
+    """AdamW / Adam (fused kernels on CUDA, else foreach) or RAdam (foreach); `fused=False`: per-parameter loops."""
     params = list(params)
-    fast: dict[str, Any] = {"fused": True} if device is not None and device.type == "cuda" else {"foreach": True}
+    cuda = device is not None and device.type == "cuda"
+    impl: dict[str, Any] = {"foreach": False} if not fused else {"fused": True} if cuda else {"foreach": True}
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, **fast)
+        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, **impl)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, **fast)
+        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, **impl)
     if name == "radam":
-        return torch.optim.RAdam(params, lr=lr, betas=betas, weight_decay=weight_decay, foreach=True,
+        return torch.optim.RAdam(params, lr=lr, betas=betas, weight_decay=weight_decay, foreach=fused,
                                  decoupled_weight_decay=weight_decay > 0)
     raise ValueError(f"unknown optimizer {name!r}: use one of {OPTIMIZERS}")
 
@@ -202,6 +215,7 @@ def fit(model: DBAE, dataset: Dataset, cfg: TrainConfig, run_dir: str | Path | N
     """
     device = torch.device(device)
     rank, world = _distributed()
+    run = cfg.execution()
     if checkpointer is None:
         if run_dir is None:
             raise ValueError("fit needs run_dir or a checkpointer")
@@ -213,11 +227,11 @@ def fit(model: DBAE, dataset: Dataset, cfg: TrainConfig, run_dir: str | Path | N
         if found is not None:
             log.info("resuming from %s (step %d)", found, int(resume["step"]))
     torch.manual_seed(cfg.seed)
-    model.to(device)
-    if cfg.channels_last and device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    ema = EMA(model, cfg.ema_decay)
-    opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.betas, device)
+    configure(model.to(device), device, attention=run.attention, channels_last=run.channels_last,
+              activation_checkpointing=run.activation_checkpointing)
+    ema = EMA(model, cfg.ema_decay, foreach=run.foreach_ema)
+    opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.betas, device,
+                         fused=run.fused_optimizer)
     start, last_ckpt = 0, found
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -233,7 +247,7 @@ def fit(model: DBAE, dataset: Dataset, cfg: TrainConfig, run_dir: str | Path | N
         if device.type == "cuda":  # BatchNorm statistics over the global batch (SyncBatchNorm needs CUDA)
             nn.SyncBatchNorm.convert_sync_batchnorm(model)
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
+    if run.compile:
         model.unet.compile()
 
     micro = cfg.batch_size
@@ -262,19 +276,19 @@ def fit(model: DBAE, dataset: Dataset, cfg: TrainConfig, run_dir: str | Path | N
     for step in range(start + 1, cfg.steps + 1):
         for j in range(cfg.grad_accum):
             x = _images(next(batches)).to(device, non_blocking=True)
-            if cfg.channels_last and device.type == "cuda":
+            if run.channels_last and device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             noise_gen.manual_seed(step_seed(cfg.seed, (step - 1) * cfg.grad_accum + j))
             sync = j == cfg.grad_accum - 1 or world == 1
             with contextlib.nullcontext() if sync else net.no_sync():
-                with autocast(device, cfg.precision):
+                with autocast(device, run.precision):
                     terms = net(x, noise_gen, (rank, world))
                 (terms[0] / cfg.grad_accum).backward()
             terms = terms.detach()
             sums += terms / cfg.grad_accum
             bad_step.masked_fill_((bad_step < 0) & ~torch.isfinite(terms[0]), step)  # no host sync
         if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=run.fused_optimizer)
         opt.step()
         opt.zero_grad(set_to_none=True)
         ema.update(model)

@@ -173,6 +173,7 @@ def _eval(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     metrics = evaluate(model, train=train, test=test, suites=suites, n=args.n or cfg.eval.n, out_dir=out,
                        device=device, sampler_steps=args.sampler_steps or cfg.eval.sampler_steps,
+                       sampler=cfg.eval.sampler, churn=cfg.eval.churn, precision=cfg.eval.precision,
                        batch_size=cfg.eval.batch_size)
     write_metrics_json(metrics, out / "metrics.json")
     sys.stdout.write(format_table(metrics) + "\n")

@@ -20,6 +20,7 @@ from dbae_core.bridges import make_bridge
 from dbae_core.data import DATASETS, dataset_channels
 from dbae_core.model import DBAEConfig
 from dbae_core.networks import DecoderConfig, EncoderConfig, UNetConfig
+from dbae_core.samplers import METHODS as METHODS_ODE
 from dbae_core.training import TrainConfig
 from dbae_platform.storage import default_storage_path
 
@@ -31,9 +32,12 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 METHODS = ("dbae", "dbae_d", "diffae")  # stochastic encoder + entropy term | deterministic encoder | DiffAE baseline
 SUITES = ("recon", "probe", "disentangle", "generation")
 # Keys that may change between reruns of one run (the rerun resumes); any other change needs a new run name.
+# The execution settings (dbae_core.fastpath) change speed and memory, not the model, so they are among them.
 RESUMABLE_KEYS = ("train.steps", "train.lr", "train.log_every", "train.ckpt_every", "train.image_every",
                   "train.keep_checkpoints", "train.progress", "train.num_workers", "train.grad_clip", "eval.",
-                  "tracking.", "resources.")
+                  "tracking.", "resources.", "train.precision", "train.channels_last", "train.compile",
+                  "train.fused_optimizer", "train.foreach_ema", "train.attention", "train.activation_checkpointing",
+                  "train.reference")
 
 
 class ConfigError(ValueError):
@@ -74,6 +78,9 @@ class EvalConfig:
     suites: tuple[str, ...] = ("recon",)
     n: int = 256  # held-out images per suite
     sampler_steps: int = 20
+    sampler: str = "euler"  # the reverse-bridge ODE solver of DBAE decoding: "euler" or "heun" (DiffAE: DDIM)
+    churn: float = 0.0  # fraction of each step taken as an SDE step (0: deterministic ODE)
+    precision: str = "auto"  # autocast of encoding/decoding: "auto" (bf16 on CUDA), "bf16" or "fp32"
     batch_size: int = 64
     val_n: int = 16  # held-out images reconstructed at every checkpoint: val/recon_mse (0: off)
 
@@ -272,6 +279,9 @@ def _rules(cfg: Config) -> list[tuple[str, Any, bool, str]]:
         ("eval.suites", e.suites, all(s in SUITES for s in e.suites), f"a list drawn from {SUITES}"),
         ("eval.n", e.n, e.n > 0, "a positive integer"),
         ("eval.sampler_steps", e.sampler_steps, e.sampler_steps > 0, "a positive integer"),
+        ("eval.sampler", e.sampler, e.sampler in METHODS_ODE, f"one of {METHODS_ODE}"),
+        ("eval.churn", e.churn, 0 <= e.churn < 1, "a number in [0, 1)"),
+        ("eval.precision", e.precision, e.precision in ("auto", "bf16", "fp32"), "'auto', 'bf16' or 'fp32'"),
         ("eval.batch_size", e.batch_size, e.batch_size > 0, "a positive integer"),
         ("eval.val_n", e.val_n, e.val_n >= 0, "an integer >= 0 (0: no validation at checkpoints)"),
         ("resources.num_workers", r.num_workers, r.num_workers > 0, "a positive integer"),

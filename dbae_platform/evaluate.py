@@ -20,6 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -49,8 +50,9 @@ from dbae_core.metrics import (
     to_unit,
 )
 from dbae_core.model import DBAE
+from dbae_core.training import autocast
 
-__all__ = ["SUITES", "CPU_GENERATION_IMAGES", "evaluate", "format_table", "write_metrics_json"]
+__all__ = ["Sampling", "SUITES", "CPU_GENERATION_IMAGES", "evaluate", "format_table", "write_metrics_json"]
 
 log = logging.getLogger(__name__)
 
@@ -100,26 +102,47 @@ def _batches(x: Tensor, batch_size: int, desc: str):
 
 
 @torch.no_grad()
-def _encode(model: DBAE, images: Tensor, batch_size: int, device: torch.device) -> tuple[Tensor, float]:
+def _encode(model: DBAE, images: Tensor, batch_size: int, device: torch.device,
+            precision: str = "auto") -> tuple[Tensor, float]:
     """Posterior means and the wall-clock encoding time in ms per image."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     t0 = time.perf_counter()
-    z = torch.cat([model.encode(images[i:i + batch_size].to(device)).float().cpu()
-                   for i in _batches(images, batch_size, "encode")])
+    with autocast(device, precision):
+        z = torch.cat([model.encode(images[i:i + batch_size].to(device)).float().cpu()
+                       for i in _batches(images, batch_size, "encode")])
     sync()
     return z, 1000 * (time.perf_counter() - t0) / max(len(images), 1)
 
 
-def _decode(model: DBAE, z: Tensor, steps: int, batch_size: int, device: torch.device, desc: str) -> Tensor:
-    return torch.cat([model.decode(z[i:i + batch_size].to(device), steps=steps)[0].float().cpu()
-                      for i in _batches(z, batch_size, desc)])
+@dataclass(frozen=True)
+class Sampling:
+    """How evaluation decodes: the reverse-bridge sampler, its steps and churn (DBAE; DiffAE decodes with DDIM over
+    `steps`), and the networks' autocast precision ("auto": bf16 on CUDA, fp32 on the CPU)."""
+
+    steps: int = 20
+    method: str = "euler"
+    churn: float = 0.0
+    precision: str = "auto"
+
+    def kwargs(self, model) -> dict:
+        if getattr(model, "kind", "dbae") == "diffae":
+            return {"steps": self.steps}
+        return {"steps": self.steps, "method": self.method, "churn": self.churn}
 
 
-def _reconstruct_inferred(model, x: Tensor, steps: int, batch_size: int, device: torch.device) -> Tensor:
+def _decode(model: DBAE, z: Tensor, sampling: Sampling, batch_size: int, device: torch.device, desc: str,
+            generator: torch.Generator | None = None) -> Tensor:
+    with autocast(device, sampling.precision):
+        return torch.cat([model.decode(z[i:i + batch_size].to(device), generator=generator, **sampling.kwargs(model))
+                          [0].float().cpu() for i in _batches(z, batch_size, desc)])
+
+
+def _reconstruct_inferred(model, x: Tensor, sampling: Sampling, batch_size: int, device: torch.device) -> Tensor:
     """DiffAE with inferred x_T: DDIM inversion over `steps` then decoding (encoder + 2·steps NFE per image)."""
-    return torch.cat([model.reconstruct(x[i:i + batch_size].to(device), steps=steps).float().cpu()
-                      for i in _batches(x, batch_size, "reconstruct (inferred x_T)")])
+    with autocast(device, sampling.precision):
+        return torch.cat([model.reconstruct(x[i:i + batch_size].to(device), steps=sampling.steps).float().cpu()
+                          for i in _batches(x, batch_size, "reconstruct (inferred x_T)")])
 
 
 def _recon_metrics(x: Tensor, recs: Tensor, prefix: str, lpips_model, batch_size: int,
@@ -135,19 +158,20 @@ def _recon_metrics(x: Tensor, recs: Tensor, prefix: str, lpips_model, batch_size
     return metrics
 
 
-def _recon_suite(model: DBAE, x: Tensor, z: Tensor, out: Path, steps: int, batch_size: int,
-                 device: torch.device) -> dict[str, float | None]:
+def _recon_suite(model: DBAE, x: Tensor, z: Tensor, out: Path, sampling: Sampling, batch_size: int,
+                 device: torch.device, seed: int) -> dict[str, float | None]:
     """DBAE: x̂0 from z alone (x_T = Dec(z)). DiffAE: from (z, inferred x_T) as `eval/*` and from (z, random x_T)
     as `eval/random_xT/*`, the setting DBAE competes with at equal latent size (§7)."""
     lpips_model, reason = load_lpips(device=device)
     if lpips_model is None:
         log.info("LPIPS unavailable (%s): reported as n/a", reason)
     diffae = getattr(model, "kind", "dbae") == "diffae"
-    recs = _reconstruct_inferred(model, x, steps, batch_size, device) if diffae else \
-        _decode(model, z, steps, batch_size, device, "reconstruct")
+    gen = torch.Generator(device).manual_seed(seed)  # the churn noise of stochastic samplers
+    recs = _reconstruct_inferred(model, x, sampling, batch_size, device) if diffae else \
+        _decode(model, z, sampling, batch_size, device, "reconstruct", gen)
     metrics = _recon_metrics(x, recs, "eval/", lpips_model, batch_size, device)
     if diffae:
-        random_recs = _decode(model, z, steps, batch_size, device, "reconstruct (random x_T)")
+        random_recs = _decode(model, z, sampling, batch_size, device, "reconstruct (random x_T)", gen)
         metrics.update(_recon_metrics(x, random_recs, "eval/random_xT/", lpips_model, batch_size, device))
     cols = 16
     k = min(len(x), GRID)
@@ -156,7 +180,9 @@ def _recon_suite(model: DBAE, x: Tensor, z: Tensor, out: Path, steps: int, batch
     pairs = min(4, len(x) // 2)
     if pairs:
         lam = [i / 7 for i in range(8)]
-        inter = model.interpolate(x[:pairs].to(device), x[pairs:2 * pairs].to(device), lam, steps=steps).cpu()
+        with autocast(device, sampling.precision):
+            inter = model.interpolate(x[:pairs].to(device), x[pairs:2 * pairs].to(device), lam, generator=gen,
+                                      **sampling.kwargs(model)).float().cpu()
         save_image(to_unit(inter.transpose(0, 1).flatten(0, 1)), out / "interpolations.png", nrow=len(lam), padding=1)
     return metrics
 
@@ -194,17 +220,17 @@ def _dataset_id(dataset: Dataset, name: str | None, seed: int) -> str:
     return f"{base}-{hashlib.sha1(tag.encode()).hexdigest()[:8]}"
 
 
-def _generation_suite(model: DBAE, prior, train_x: Tensor, m: int, key: str, cache_dir, out: Path, steps: int,
+def _generation_suite(model: DBAE, prior, train_x: Tensor, m: int, key: str, cache_dir, out: Path, sampling: Sampling,
                       batch_size: int, device: torch.device, seed: int) -> dict[str, float]:
     gen = torch.Generator().manual_seed(seed)
     try:
         inception = InceptionFeatures(device=device, batch_size=min(batch_size, 50))
     except InceptionUnavailable as err:
         log.warning("generation suite skipped: %s", err)
-        save_image(to_unit(_decode(model, prior.sample(16, gen), steps, batch_size, device, "sample")),
+        save_image(to_unit(_decode(model, prior.sample(16, gen), sampling, batch_size, device, "sample")),
                    out / "samples.png", nrow=8, padding=1)
         return {}
-    samples = _decode(model, prior.sample(m, gen).float(), steps, batch_size, device, "sample")
+    samples = _decode(model, prior.sample(m, gen).float(), sampling, batch_size, device, "sample")
     save_image(to_unit(samples[:64]), out / "samples.png", nrow=8, padding=1)
     real = cached_features(key, lambda: inception(train_x[:m], progress=True), cache_dir)
     fake = inception(samples, progress=True)
@@ -221,7 +247,8 @@ def _timed(suite: str):
 
 
 def evaluate(model: DBAE, *, train: Dataset, test: Dataset, suites: Sequence[str] = SUITES, n: int = 1000,
-             out_dir: str | Path, device: str | torch.device = "cpu", sampler_steps: int = 20, batch_size: int = 64,
+             out_dir: str | Path, device: str | torch.device = "cpu", sampler_steps: int = 20, sampler: str = "euler",
+             churn: float = 0.0, precision: str = "auto", batch_size: int = 64,
              prior=None, generation_images: int | None = None, dataset_name: str | None = None,
              cache_dir: str | Path | None = None, seed: int = 0) -> dict[str, float | None]:
     """Run the suites on min(n, len) seeded-random items of each split; returns metrics and writes metrics.json."""
@@ -233,17 +260,18 @@ def evaluate(model: DBAE, *, train: Dataset, test: Dataset, suites: Sequence[str
     model = model.to(device).eval()
     test_x, test_extra, _ = _collect(test, n, seed, batch_size)
     lab_te = label_kinds(test_extra)
-    z_te, encode_ms = _encode(model, test_x, batch_size, device)
+    sampling = Sampling(sampler_steps, sampler, churn, precision)
+    z_te, encode_ms = _encode(model, test_x, batch_size, device, precision)
     metrics: dict[str, float | None] = {"eval/encode_ms": encode_ms}
     if {"probe", "disentangle", "generation"} & set(suites):
         train_x, train_extra, _ = _collect(train, n, seed, batch_size)
         lab_tr = label_kinds(train_extra)
-        z_tr = _encode(model, train_x, batch_size, device)[0]
+        z_tr = _encode(model, train_x, batch_size, device, precision)[0]
         shared = set(lab_tr) & set(lab_te)  # label kinds both splits carry
         shared_tr, shared_te = ({k: lab[k] for k in shared} for lab in (lab_tr, lab_te))
     if "recon" in suites:
         with _timed("recon"):
-            metrics.update(_recon_suite(model, test_x, z_te, out, sampler_steps, batch_size, device))
+            metrics.update(_recon_suite(model, test_x, z_te, out, sampling, batch_size, device, seed))
     if "probe" in suites and not shared:
         log.info("probe suite skipped: the dataset's items carry no labels")
     elif "probe" in suites:
@@ -260,7 +288,7 @@ def evaluate(model: DBAE, *, train: Dataset, test: Dataset, suites: Sequence[str
         key = cache_key(_dataset_id(train, dataset_name, seed), train_x.shape[-1], "train", m)
         with _timed("generation"):
             metrics.update(_generation_suite(model, prior or GaussianPrior(z_tr), train_x, m, key, cache_dir, out,
-                                             sampler_steps, batch_size, device, seed))
+                                             sampling, batch_size, device, seed))
     write_metrics_json(metrics, out / "metrics.json")
     log.info("evaluation of %d test items (%s):\n%s", len(test_x), ", ".join(suites), format_table(metrics))
     return metrics

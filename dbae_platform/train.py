@@ -29,6 +29,7 @@ from dbae_core.metrics import mse, to_unit
 from dbae_core.training import NonFiniteLossError, fit
 from dbae_platform import tracking
 from dbae_platform.config import RESUMABLE_KEYS, Config, ConfigError, config_diff, flatten, load_config
+from dbae_platform.evaluate import Sampling
 from dbae_platform.run_status import RunStatus
 from dbae_platform.storage import node_label, require_shared_storage
 
@@ -141,10 +142,10 @@ def _image_logger(cfg: Config, test: Dataset, device: torch.device, logger: trac
     def on_images(step: int, ema: torch.nn.Module) -> None:
         t0 = time.perf_counter()
         z = ema.encode(x)
-        recon = ema.decode(z, steps=cfg.eval.sampler_steps)[0]
+        recon = ema.decode(z, generator=gen.manual_seed(cfg.train.seed), **sampling(cfg).kwargs(ema))[0]
         # Samples from a Gaussian fitted to these latents (the learned latent prior is a second training stage).
         z_s = z.mean(0) + z.std(0) * torch.randn(z.shape, generator=gen.manual_seed(cfg.train.seed), device=device)
-        samples = ema.decode(z_s, steps=cfg.eval.sampler_steps)[0]
+        samples = ema.decode(z_s, generator=gen, **sampling(cfg).kwargs(ema))[0]
         logger.log_image(_grid(torch.cat([x, recon]), nrow=n), "reconstructions", step)
         logger.log_image(_grid(samples, nrow=n), "samples", step)
         log.info("step %d: image grids in %.1f s", step, time.perf_counter() - t0)
@@ -157,8 +158,15 @@ def _evaluate(cfg: Config, model: torch.nn.Module, train: Dataset, test: Dataset
     if not cfg.eval.suites:
         return {}
     from dbae_platform.evaluate import evaluate
-    return evaluate(model, train=train, test=test, suites=cfg.eval.suites, n=cfg.eval.n, out_dir=out_dir,
-                    device=device, sampler_steps=cfg.eval.sampler_steps, batch_size=cfg.eval.batch_size)
+    e = cfg.eval
+    return evaluate(model, train=train, test=test, suites=e.suites, n=e.n, out_dir=out_dir, device=device,
+                    sampler_steps=e.sampler_steps, sampler=e.sampler, churn=e.churn, precision=e.precision,
+                    batch_size=e.batch_size)
+
+
+def sampling(cfg: Config) -> Sampling:
+    """The decoding settings of cfg.eval (sampler, steps, churn, precision)."""
+    return Sampling(cfg.eval.sampler_steps, cfg.eval.sampler, cfg.eval.churn, cfg.eval.precision)
 
 
 def _validator(cfg: Config, test: Dataset, device: torch.device):
@@ -175,7 +183,7 @@ def _validator(cfg: Config, test: Dataset, device: torch.device):
     def validate(step: int, ema_state: dict[str, torch.Tensor]) -> dict[str, float]:
         model.load_state_dict(ema_state)
         gen.manual_seed(cfg.train.seed)  # DiffAE decodes from a random x_T: the same one at every step
-        recon = model.decode(model.encode(x), steps=cfg.eval.sampler_steps, generator=gen)[0]
+        recon = model.decode(model.encode(x), generator=gen, **sampling(cfg).kwargs(model))[0]
         return {"val/recon_mse": mse(to_unit(x.float()), to_unit(recon.float())).mean().item()}
 
     return validate

@@ -184,3 +184,24 @@ def test_lpips_unavailable_without_weights_and_equal_to_its_formula_with_them(tm
             ref = ref + (w * (nx - ny) ** 2).sum(1).mean((1, 2))
             layer += 1
     np.testing.assert_allclose(d.numpy(), ref.detach().numpy(), rtol=1e-4)
+
+
+def test_sampler_and_churn_reach_the_bridge_sampler(model, tmp_path, monkeypatch):
+    """eval.sampler / eval.churn choose the solver: the NFE spent per batch follows Heun + churn's 3N − 1."""
+    spent = []
+    decode = DBAE.decode
+
+    def counting(self, z, *args, **kwargs):
+        x, nfe = decode(self, z, *args, **kwargs)
+        spent.append(nfe)
+        return x, nfe
+
+    monkeypatch.setattr(DBAE, "decode", counting)
+    euler = run(model, tmp_path / "euler", suites=["recon"])
+    assert set(spent) == {1}  # sampler_steps=1, Euler
+    spent.clear()
+    heun = run(model, tmp_path / "heun", suites=["recon"], sampler="heun", churn=0.5)
+    heun2 = run(model, tmp_path / "heun2", suites=["recon"], sampler="heun", churn=0.5)
+    assert set(spent) == {2}  # Heun + churn spends 3N − 1 = 2 NFE for N = 1 (one churn step, one Euler step)
+    assert heun["eval/recon_mse"] != euler["eval/recon_mse"]
+    assert heun["eval/recon_mse"] == heun2["eval/recon_mse"]  # the churn noise is seeded

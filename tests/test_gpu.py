@@ -36,3 +36,37 @@ def test_training_on_gpu_channels_last(tmp_path):
     out = fit(DBAE(preset("celeba64")), data, TrainConfig(steps=4, batch_size=8, log_every=2, ckpt_every=4,
                                                           progress=False), tmp_path, device="cuda")
     assert all(torch.isfinite(torch.tensor(m["train/loss"])) for _, m in out["history"])
+
+
+def _peak_step_memory(model, x, checkpointing):
+    model.unet.activation_checkpointing = checkpointing
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = model.loss(x, generator=torch.Generator("cuda").manual_seed(0)).loss
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated()
+
+
+def test_activation_checkpointing_lowers_peak_memory_on_gpu():
+    torch.manual_seed(0)
+    model = DBAE(preset("celeba64")).cuda().to(memory_format=torch.channels_last)
+    x = (torch.rand(32, 3, 64, 64, device="cuda") * 2 - 1).contiguous(memory_format=torch.channels_last)
+    plain = _peak_step_memory(model, x, False)
+    checkpointed = _peak_step_memory(model, x, True)
+    assert checkpointed < 0.8 * plain
+
+
+def test_sdpa_and_plain_attention_agree_in_bf16_on_gpu():
+    from dbae_core.networks.layers import AttentionBlock
+    torch.manual_seed(0)
+    block = AttentionBlock(256, head_channels=64).cuda()
+    torch.nn.init.normal_(block.proj.weight, std=0.05)
+    x = torch.randn(8, 256, 16, 16, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        fused = block(x).float()
+        block.fused = False
+        plain = block(x).float()
+    torch.testing.assert_close(fused, plain, rtol=2e-2, atol=2e-2)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["GroupNorm32", "timestep_embedding", "ResBlock", "AttentionBlock", "Downsample", "Upsample",
-           "EmbedSequential", "zero_"]
+           "EmbedSequential", "zero_", "plain_attention"]
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -109,7 +109,13 @@ class ResBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Multi-head self-attention over spatial positions (1×1-conv qkv and projection, as ADM), via SDPA."""
+    """Multi-head self-attention over spatial positions (1×1-conv qkv and projection, as ADM).
+
+    `fused` (default) calls `scaled_dot_product_attention` (flash / memory-efficient kernels on GPU); False computes
+    softmax(q kᵀ/√d) v with explicit matmuls, as the release does: the reference path. Same weights, same function.
+    """
+
+    fused: bool = True
 
     def __init__(self, channels: int, num_heads: int = 1, head_channels: int = -1) -> None:
         super().__init__()
@@ -128,9 +134,15 @@ class AttentionBlock(nn.Module):
         # Split heads before q/k/v, the layout of ADM's legacy attention that the release trains with.
         qkv = qkv.reshape(b, self.num_heads, 3 * c // self.num_heads, hgt * wid).transpose(-1, -2)
         q, k, v = qkv.chunk(3, dim=-1)  # each (B, heads, L, C/heads)
-        h = F.scaled_dot_product_attention(q, k, v)
+        h = F.scaled_dot_product_attention(q, k, v) if self.fused else plain_attention(q, k, v)
         h = h.transpose(-1, -2).reshape(b, c, hgt * wid)
         return x + self.proj(h).reshape(b, c, hgt, wid)
+
+
+def plain_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """softmax(q kᵀ / √d) v over the last two dimensions, the weights in float32 (as ADM's QKVAttentionLegacy)."""
+    weight = torch.softmax((q @ k.transpose(-1, -2)).float() / math.sqrt(q.shape[-1]), dim=-1)
+    return weight.to(v.dtype) @ v
 
 
 class EmbedSequential(nn.Sequential):
