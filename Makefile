@@ -46,7 +46,7 @@ BENCH_BATCH  ?= 32
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py --preset $(BENCH_PRESET) --batch $(BENCH_BATCH) --modes fast reference
 	$(PY) benchmarks/encode.py --preset $(BENCH_PRESET) --batch $(BENCH_BATCH)
-	$(PY) benchmarks/sample.py --preset $(BENCH_PRESET) --batch $(BENCH_BATCH)
+	$(PY) benchmarks/sample.py --preset $(BENCH_PRESET) --batch $(BENCH_BATCH) --steps 5 10 20
 	$(PY) benchmarks/eval.py --preset $(BENCH_PRESET)
 	$(PY) benchmarks/platform_overhead.py --config tiny
 

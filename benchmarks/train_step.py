@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run(args)
-    path = write_result(result, args.out, f"train_step_{args.preset}_b{args.batch}")
+    path = write_result(result, args.out, f"train_step_{args.preset}_b{args.batch}_{'-'.join(args.modes)}")
     cols = ["mode", "precision", "images_per_s", "step_ms", "speedup", "peak_memory_mib", "tflops", "mfu"]
     log.info("%s %dpx, batch %d, %s optimizer, %.2fM parameters, %.1f GFLOP/image (fwd+bwd), %s\n%s",
              result["preset"], result["image_size"], result["batch"], result["optimizer"], result["parameters_m"],

@@ -17,7 +17,7 @@ def test_train_step_benchmark_runs_fast_and_reference_side_by_side(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "| mode | precision | images_per_s | step_ms | speedup |" in proc.stderr
     assert "fast path:" in proc.stderr and "× the reference path's images/s" in proc.stderr
-    result = json.loads((tmp_path / "train_step_tiny_b2_cpu.json").read_text())
+    result = json.loads((tmp_path / "train_step_tiny_b2_fast-reference_cpu.json").read_text())
     for key in ("device", "dtype", "batch", "torch", "command", "gflops_per_image", "speedup_fast_vs_reference"):
         assert key in result
     fast, ref = result["rows"]
