@@ -18,15 +18,13 @@ import logging
 from pathlib import Path
 
 import torch
-from results_io import command_line, device_name, markdown_table, pick_device, write_result
+from results_io import SAMPLERS, command_line, device_name, markdown_table, parse_sampler, pick_device, write_result
 
 from dbae_core.metrics import mse, psnr, ssim, to_unit
 from dbae_core.samplers import expected_nfe
 
 log = logging.getLogger("benchmarks.nfe_quality")
 
-SAMPLERS = {"euler": ("euler", False), "heun": ("heun", False), "euler+churn": ("euler", True),
-            "heun+churn": ("heun", True)}
 REFERENCE = ("euler", 100)  # the release's reconstruction setting
 
 
@@ -75,13 +73,12 @@ def run(args: argparse.Namespace) -> dict:
     model, x, step = load(Path(args.checkpoint), args.n, args.seed, device)
     z = torch.cat([model.encode(x[i:i + args.batch].to(device)).float().cpu() for i in range(0, len(x), args.batch)])
     grid = [(name, s) for name in args.samplers for s in args.steps
-            if expected_nfe(s, SAMPLERS[name][0], args.churn if SAMPLERS[name][1] else 0.0) <= args.max_nfe]
+            if expected_nfe(s, *parse_sampler(name, args.churn)) <= args.max_nfe]
     if ("euler", REFERENCE[1]) not in grid:
         grid.insert(0, REFERENCE)
     rows = []
     for name, steps in grid:
-        method, churned = SAMPLERS[name]
-        churn = args.churn if churned else 0.0
+        method, churn = parse_sampler(name, args.churn)
         row = {"sampler": name, "steps": steps, "churn": churn,
                **quality(model, x, z, method, steps, churn, args.batch, args.seed)}
         log.info("%s, %d steps: NFE %d, SSIM %.4f, MSE %.5f", name, steps, row["nfe"], row["ssim"], row["mse"])
@@ -90,7 +87,7 @@ def run(args: argparse.Namespace) -> dict:
     for row in rows:
         row["ssim_vs_ref"] = row["ssim"] - ref["ssim"]
         row["mse_ratio_vs_ref"] = row["mse"] / ref["mse"]
-    rows.sort(key=lambda r: (list(SAMPLERS).index(r["sampler"]), r["nfe"]))
+    rows.sort(key=lambda r: (SAMPLERS.index(r["sampler"]), r["nfe"]))
     return {"benchmark": "nfe_quality", "checkpoint": str(args.checkpoint), "checkpoint_step": step,
             "image_size": x.shape[-1], "n": len(x), "device": device_name(device), "dtype": "fp32",
             "batch": args.batch, "seed": args.seed, "churn": args.churn, "tolerance": args.tolerance,

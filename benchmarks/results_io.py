@@ -1,4 +1,5 @@
-"""What every benchmark shares: the device's description, the command line, a markdown table, and the JSON file.
+"""What every benchmark shares: the device's description, the command line, a markdown table, the JSON file, and the
+sampler names the sampling benchmarks take ("euler", "heun", "euler+churn", "heun+churn").
 
 Each result is one JSON object with at least `benchmark`, `device`, `dtype`, `batch`, `torch` and `command`, written
 to <out>/<stem>_<cpu|cuda>.json; the markdown table goes to the log (stderr).
@@ -16,8 +17,19 @@ from typing import Any
 
 import torch
 
-__all__ = ["device_name", "pick_device", "command_line", "markdown_table", "write_result", "steady_rate", "time_ms",
-           "fmt"]
+from dbae_core.samplers import METHODS
+
+__all__ = ["SAMPLERS", "parse_sampler", "device_name", "pick_device", "command_line", "markdown_table", "write_result",
+           "steady_rate", "time_ms", "fmt"]
+
+
+SAMPLERS = tuple(METHODS) + tuple(f"{m}+churn" for m in METHODS)  # euler, heun, euler+churn, heun+churn
+
+
+def parse_sampler(name: str, churn: float) -> tuple[str, float]:
+    """("euler" | "heun", churn) for a SAMPLERS entry: `churn` only with the "+churn" suffix, else 0."""
+    method, _, suffix = name.partition("+")
+    return method, churn if suffix == "churn" else 0.0
 
 
 def pick_device(name: str | None) -> torch.device:

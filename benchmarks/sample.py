@@ -16,24 +16,26 @@ import argparse
 import logging
 
 import torch
-from results_io import command_line, device_name, markdown_table, pick_device, time_ms, write_result
+from results_io import (
+    SAMPLERS,
+    command_line,
+    device_name,
+    markdown_table,
+    parse_sampler,
+    pick_device,
+    time_ms,
+    write_result,
+)
 
 from dbae_core.autoencoders import build_autoencoder
 from dbae_core.fastpath import configure
 from dbae_core.presets import PRESETS
-from dbae_core.samplers import METHODS, expected_nfe
+from dbae_core.samplers import expected_nfe
 from dbae_core.training import autocast
 
 log = logging.getLogger("benchmarks.sample")
 
-SAMPLERS = tuple(METHODS) + tuple(f"{m}+churn" for m in METHODS)  # euler, heun, euler+churn, heun+churn
 COLUMNS = ("sampler", "steps", "nfe", "ms_per_batch", "images_per_s", "ms_per_nfe")
-
-
-def parse_sampler(name: str, churn: float) -> tuple[str, float]:
-    """("euler" | "heun", churn) for a SAMPLERS entry: churn only with the "+churn" suffix."""
-    method, _, suffix = name.partition("+")
-    return method, churn if suffix == "churn" else 0.0
 
 
 def resolve_dtype(args: argparse.Namespace, device: torch.device) -> str:
