@@ -138,11 +138,23 @@ def _decode(model: DBAE, z: Tensor, sampling: Sampling, batch_size: int, device:
                           [0].float().cpu() for i in _batches(z, batch_size, desc)])
 
 
-def _reconstruct_inferred(model, x: Tensor, sampling: Sampling, batch_size: int, device: torch.device) -> Tensor:
-    """DiffAE with inferred x_T: DDIM inversion over `steps` then decoding (encoder + 2·steps NFE per image)."""
+def _reconstruct_inferred(model, x: Tensor, sampling: Sampling, batch_size: int,
+                          device: torch.device) -> tuple[Tensor, float]:
+    """DiffAE with inferred x_T: z, DDIM inversion over `steps` (the encoding, timed: ms per image), then decoding
+    from (z, x_T) without clipping, the exact reverse of the inversion (encoder + 2·steps NFE per image)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    recs, encode_s = [], 0.0
     with autocast(device, sampling.precision):
-        return torch.cat([model.reconstruct(x[i:i + batch_size].to(device), steps=sampling.steps).float().cpu()
-                          for i in _batches(x, batch_size, "reconstruct (inferred x_T)")])
+        for i in _batches(x, batch_size, "reconstruct (inferred x_T)"):
+            xb = x[i:i + batch_size].to(device)
+            sync()
+            t0 = time.perf_counter()
+            z = model.encode(xb)
+            x_T = model.invert(xb, z, sampling.steps)[0]
+            sync()
+            encode_s += time.perf_counter() - t0
+            recs.append(model.decode(z, sampling.steps, x_T=x_T, clip=False)[0].float().cpu())
+    return torch.cat(recs), 1000 * encode_s / max(len(x), 1)
 
 
 def _recon_metrics(x: Tensor, recs: Tensor, prefix: str, lpips_model, batch_size: int,
@@ -159,20 +171,24 @@ def _recon_metrics(x: Tensor, recs: Tensor, prefix: str, lpips_model, batch_size
 
 
 def _recon_suite(model: DBAE, x: Tensor, z: Tensor, out: Path, sampling: Sampling, batch_size: int,
-                 device: torch.device, seed: int) -> dict[str, float | None]:
+                 device: torch.device, seed: int, encode_ms: float) -> dict[str, float | None]:
     """DBAE: x̂0 from z alone (x_T = Dec(z)). DiffAE: from (z, inferred x_T) as `eval/*` and from (z, random x_T)
-    as `eval/random_xT/*`, the setting DBAE competes with at equal latent size (§7)."""
+    as `eval/random_xT/*`, the setting DBAE competes with at equal latent size (§7). Each variant's `encode_ms` is
+    what its decoding needs: z alone (`encode_ms`, given) or z and the inverted x_T (DiffAE inferred, timed here)."""
     lpips_model, reason = load_lpips(device=device)
     if lpips_model is None:
         log.info("LPIPS unavailable (%s): reported as n/a", reason)
     diffae = getattr(model, "kind", "dbae") == "diffae"
     gen = torch.Generator(device).manual_seed(seed)  # the churn noise of stochastic samplers
-    recs = _reconstruct_inferred(model, x, sampling, batch_size, device) if diffae else \
-        _decode(model, z, sampling, batch_size, device, "reconstruct", gen)
+    if diffae:
+        recs, inferred_ms = _reconstruct_inferred(model, x, sampling, batch_size, device)
+    else:
+        recs = _decode(model, z, sampling, batch_size, device, "reconstruct", gen)
     metrics = _recon_metrics(x, recs, "eval/", lpips_model, batch_size, device)
     if diffae:
         random_recs = _decode(model, z, sampling, batch_size, device, "reconstruct (random x_T)", gen)
         metrics.update(_recon_metrics(x, random_recs, "eval/random_xT/", lpips_model, batch_size, device))
+        metrics.update({"eval/encode_ms": inferred_ms, "eval/random_xT/encode_ms": encode_ms})
     cols = 16
     k = min(len(x), GRID)
     rows = [t for i in range(0, k, cols) for t in (x[i:i + cols], recs[i:i + cols])]
@@ -195,7 +211,8 @@ def _probe_suite(z_tr: Tensor, lab_tr: dict, z_te: Tensor, lab_te: dict) -> dict
         r = probe_regression(z_tr, lab_tr["factors"], z_te, lab_te["factors"])
         metrics.update({"eval/probe_r2": r["r2"], "eval/probe_pearson": r["pearson"], "eval/probe_mse": r["mse"]})
     if "classes" in lab_tr:
-        metrics["eval/probe_acc"] = probe_classes(z_tr, lab_tr["classes"], z_te, lab_te["classes"])["accuracy"]
+        c = probe_classes(z_tr, lab_tr["classes"], z_te, lab_te["classes"])
+        metrics.update({"eval/probe_acc": c["accuracy"], "eval/probe_class_ap": c["ap"]})
     return metrics
 
 
@@ -271,7 +288,7 @@ def evaluate(model: DBAE, *, train: Dataset, test: Dataset, suites: Sequence[str
         shared_tr, shared_te = ({k: lab[k] for k in shared} for lab in (lab_tr, lab_te))
     if "recon" in suites:
         with _timed("recon"):
-            metrics.update(_recon_suite(model, test_x, z_te, out, sampling, batch_size, device, seed))
+            metrics.update(_recon_suite(model, test_x, z_te, out, sampling, batch_size, device, seed, encode_ms))
     if "probe" in suites and not shared:
         log.info("probe suite skipped: the dataset's items carry no labels")
     elif "probe" in suites:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["TrackingError", "resolve_uri", "check_reachable", "open_run", "finish_run", "MetricLogger",
-           "git_commit", "PARAM_LIMIT", "mlflow_client"]
+           "git_commit", "command_line", "hardware", "PARAM_LIMIT", "mlflow_client"]
 
 log = logging.getLogger(__name__)
 PARAM_LIMIT = 500  # characters kept of one param value (MLflow rejects long values)
@@ -68,6 +68,46 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{sha}-dirty" if dirty else sha
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command as a user would retype it: `python sweeps/x.py ...` for a script, `dbae ...` for the console."""
+    import shlex
+    import sys
+    argv = list(sys.argv if argv is None else argv)
+    if not argv:
+        return ""
+    head = argv[0]
+    if head.endswith(".py"):
+        try:
+            head = str(Path(head).resolve().relative_to(Path.cwd()))
+        except ValueError:
+            pass
+        return shlex.join(["python", head, *argv[1:]])
+    return shlex.join([Path(head).name, *argv[1:]])
+
+
+def hardware() -> str:
+    """One line naming this machine: CPU model and cores, GPUs (if any) and the torch version."""
+    import platform
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    parts = [f"{model}, {cores} CPU cores"]
+    try:
+        import torch
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        parts.append(f"{len(gpus)}× {gpus[0]}" if gpus else "no GPU")
+        parts.append(f"torch {torch.__version__}")
+    except ImportError:
+        pass
+    return ", ".join(parts)
 
 
 def mlflow_client(uri: str):

@@ -374,7 +374,7 @@ def train(cfg: Config, tracking_uri: str | None = None, parent_run_id: str | Non
     config_yaml = cfg.to_yaml()
     (run_dir / "config.yaml").write_text(config_yaml)
     tags = {"dbae.preset": cfg.name, "dbae.seed": str(cfg.train.seed), "dbae.method": cfg.model.method,
-            "dbae.run_dir": str(run_dir), **(tags or {})}
+            "dbae.run_dir": str(run_dir), "dbae.hardware": tracking.hardware(), **(tags or {})}
     if (commit := tracking.git_commit()) is not None:
         tags["mlflow.source.git.commit"] = commit
     run_id, resumed = tracking.open_run(uri, cfg.experiment, run_dir, runs_dir, cfg.name, flatten(cfg.to_dict()),

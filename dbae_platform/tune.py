@@ -323,7 +323,8 @@ def _open_parent(study: Study, cfg: Config, uri: str, sweep_dir: Path, runs_dir:
                    "num_samples": study.num_samples})
     params.update({f"fixed.{k}": v for k, v in flatten(cfg.to_dict()).items() if k not in study.space})
     tags = {"dbae.sweep.role": "parent", "dbae.sweep.name": study.name, "dbae.sweep.swept": json.dumps(study.swept),
-            "dbae.sweep.search": study.search}
+            "dbae.sweep.search": study.search, "dbae.command": tracking.command_line(),
+            "dbae.hardware": tracking.hardware()}
     if (commit := tracking.git_commit()) is not None:
         tags["mlflow.source.git.commit"] = commit
     record = sweep_dir / tracking.RUN_FILE

@@ -291,9 +291,15 @@ def test_the_platform_switch_trains_loads_and_evaluates_diffae(tmp_path):
     loaded = load_model(state)
     assert isinstance(loaded, DiffAE) and loaded.cfg == model.cfg
     data = ShapesDataset(size=32, length=8)
-    metrics = evaluate(model, train=data, test=data, suites=["recon"], n=4, out_dir=tmp_path, sampler_steps=3,
+    metrics = evaluate(model, train=data, test=data, suites=["recon"], n=8, out_dir=tmp_path, sampler_steps=3,
                        batch_size=4)
     # inferred x_T (the default row) and random x_T (a variant row of the ablation table) are both reported
     for key in ("eval/recon_mse", "eval/ssim", "eval/random_xT/recon_mse", "eval/random_xT/ssim"):
         assert math.isfinite(metrics[key])
     assert metrics["eval/recon_mse"] != metrics["eval/random_xT/recon_mse"]
+    # the inferred row is DiffAE's own reconstruction (z and DDIM inversion, then decoding) ...
+    x = torch.stack([data[i][0] for i in range(8)])
+    expected = (((model.reconstruct(x, steps=3) + 1) / 2 - (x + 1) / 2) ** 2).mean().item()
+    assert metrics["eval/recon_mse"] == pytest.approx(expected, rel=1e-4)
+    # ... and its encoding time includes the inversion (3 UNet evaluations), the random-x_T row's only the encoder
+    assert metrics["eval/encode_ms"] > metrics["eval/random_xT/encode_ms"] > 0

@@ -125,8 +125,9 @@ def test_class_labels_and_a_given_prior(model, tmp_path, monkeypatch):
     prior = RecordingPrior(model.cfg.latent_dim)
     m = run(model, tmp_path, train=data, test=data, suites=("probe", "disentangle", "generation"), prior=prior,
             generation_images=6)
-    assert set(m) == {"eval/encode_ms", "eval/probe_acc", "eval/fid", "eval/kid", "eval/precision", "eval/recall"}
-    assert prior.calls == [6] and 0 <= m["eval/probe_acc"] <= 1
+    assert set(m) == {"eval/encode_ms", "eval/probe_acc", "eval/probe_class_ap", "eval/fid", "eval/kid",
+                      "eval/precision", "eval/recall"}
+    assert prior.calls == [6] and 0 <= m["eval/probe_acc"] <= 1 and 0 < m["eval/probe_class_ap"] <= 1
     with pytest.raises(ValueError, match="unknown suites"):
         run(model, tmp_path, suites=("recon", "fidelity"))
 

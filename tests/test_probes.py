@@ -94,3 +94,17 @@ def test_class_probe_separates_blobs():
     assert out["accuracy"] > 0.95
     chance = probe_classes(rng.normal(size=(600, 8)), labels[:600], z[600:], labels[600:], cfg=FAST)
     assert chance["accuracy"] < 0.45
+
+
+def test_class_probe_ap_is_macro_one_vs_rest_ap():
+    """The class AP equals sklearn's macro average precision of the one-hot labels against the softmax scores;
+    separable blobs give AP near 1, random latents AP near the class prevalence (1/4)."""
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 800)
+    z = rng.normal(size=(800, 8)) + 1.5 * np.eye(8)[labels]  # overlapping: AP clearly below 1
+    out = probe_classes(z[:600], labels[:600], z[600:], labels[600:], cfg=FAST)
+    ref = average_precision_score(np.eye(4)[labels[600:]], out["scores"], average="macro")
+    assert out["ap"] == pytest.approx(ref, abs=1e-9)
+    assert 0.6 < out["ap"] < 0.99
+    chance = probe_classes(rng.normal(size=(600, 8)), labels[:600], z[600:], labels[600:], cfg=FAST)
+    assert chance["ap"] < 0.4

@@ -148,7 +148,11 @@ def probe_attributes(z_train, y_train, z_test, y_test, z_val=None, y_val=None,
 
 
 def probe_classes(z_train, y_train, z_test, y_test, z_val=None, y_val=None, cfg: ProbeConfig = ProbeConfig()) -> dict:
-    """Softmax linear probe (cross-entropy), best epoch by validation accuracy; test accuracy."""
+    """Softmax linear probe (cross-entropy), best epoch by validation accuracy; test accuracy and test class AP.
+
+    `ap` is the macro mean over classes of the one-vs-rest average precision of the softmax scores: the class
+    counterpart of the attribute probe's mean AP (a class present in the test labels counts; others are skipped).
+    """
     z, zt = _as_float(z_train), _as_float(z_test)
     y = torch.as_tensor(np.asarray(y_train)).long().reshape(-1)
     z, y, zv, yv = _split_val(z, y, z_val, y_val, cfg)
@@ -159,7 +163,11 @@ def probe_classes(z_train, y_train, z_test, y_test, z_val=None, y_val=None, cfg:
     head, val_acc, epoch = _fit_linear(z, y, zv, torch.as_tensor(yv).long(), n_classes,
                                        nn.functional.cross_entropy, acc, cfg)
     with torch.no_grad():
-        return {"accuracy": acc(head(zt), yt), "val_accuracy": val_acc, "best_epoch": epoch}
+        logits = head(zt)
+    scores = logits.softmax(1).numpy()
+    ap, per = mean_average_precision(nn.functional.one_hot(yt, n_classes).numpy(), scores)
+    return {"accuracy": acc(logits, yt), "ap": ap, "ap_per_class": per, "val_accuracy": val_acc, "best_epoch": epoch,
+            "scores": scores}
 
 
 def probe_regression(z_train, y_train, z_test, y_test, ridge: float = 1e-6) -> dict:
