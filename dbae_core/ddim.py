@@ -57,10 +57,11 @@ def make_schedule(kind: str, T: int = 1000, beta_start: float = 1e-4, beta_end: 
     """"linear": β from beta_start to beta_end (DiffAE's images, §7); "constant": β_t = beta (its latent DPM, §5)."""
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")
+    # built on the CPU whatever the default device (a meta-device dry run still validates and counts parameters)
     if kind == "linear":
-        betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+        betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64, device="cpu")
     elif kind == "constant":
-        betas = torch.full((T,), beta, dtype=torch.float64)
+        betas = torch.full((T,), beta, dtype=torch.float64, device="cpu")
     else:
         raise ValueError(f"unknown beta schedule {kind!r}: use one of {SCHEDULES}")
     if not bool(((betas > 0) & (betas < 1)).all()):

@@ -1,4 +1,4 @@
-"""The `dbae` command line: train, eval, sweep, table, ui, prior, generate, interpolate, manipulate, data, demo.
+"""The `dbae` command line: train, eval, sweep, table, report, ui, prior, generate, interpolate, manipulate, data, demo.
 
 Exit 0 on success, 2 on bad input (one line, no traceback), 1 when training diverges.
 """
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_ui(sub)
     commands.add_sweep(sub)
     commands.add_table(sub)
+    commands.add_report(sub)
     generate.add_parsers(sub)
     from dbae_platform import cli_data
     cli_data.add_parser(sub)

@@ -1,4 +1,4 @@
-"""The `dbae train`, `eval`, `sweep`, `table` and `ui` commands: argument parsers and handlers (wired up in cli.py)."""
+"""The `dbae train`, `eval`, `sweep`, `table`, `report` and `ui` commands: parsers and handlers (wired up in cli.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dbae_platform.argtypes import positive
 from dbae_platform.storage import default_storage_path
 from dbae_platform.tracking import TrackingError
 
-__all__ = ["add_train", "add_eval", "add_ui", "add_sweep", "add_table", "HANDLERS", "TrackingError"]
+__all__ = ["add_train", "add_eval", "add_ui", "add_sweep", "add_table", "add_report", "HANDLERS", "TrackingError"]
 
 log = logging.getLogger("dbae")
 
@@ -77,11 +77,45 @@ def add_table(sub) -> None:
                                    "count with the metrics they have so far.")
     p.add_argument("experiment", metavar="EXPERIMENT")
     p.add_argument("--parent-run", metavar="RUN_ID", help="a given sweep's parent run (default: the newest)")
+    _add_store_flags(p)
+    p.add_argument("--format", choices=("md", "csv"), default="md")
+    p.add_argument("--out", type=Path, help="also write ablation.md/.csv/.parquet and the plots here")
+
+
+def add_report(sub) -> None:
+    p = sub.add_parser("report", help="write the results document (tables, plots, the paper's claims) from MLflow",
+                       description="Write a markdown results document from the newest sweep of every sweep/* "
+                                   "experiment in the MLflow store: the method comparison (DBAE, DBAE-d, DiffAE) with "
+                                   "a check of each of the paper's claims, and the ablation tables with plots. "
+                                   "Pictures go to a folder named after the document.")
+    _add_store_flags(p)
+    p.add_argument("--out", type=Path, default=Path("docs/results.md"), help="the document (default docs/results.md)")
+    p.add_argument("--include-smoke", action="store_true", help="also report the sweeps run with --smoke")
+
+
+def _add_store_flags(p: argparse.ArgumentParser) -> None:
+    """--tracking-uri and --runs-dir: the MLflow store a command reads."""
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (overrides MLFLOW_TRACKING_URI)")
     p.add_argument("--runs-dir", type=Path, default=Path(default_storage_path()),
                    help="where the embedded store lives (default $DBAE_STORAGE_PATH, else runs)")
-    p.add_argument("--format", choices=("md", "csv"), default="md")
-    p.add_argument("--out", type=Path, help="also write ablation.md/.csv/.parquet and the plots here")
+
+
+def _store_uri(args: argparse.Namespace) -> str:
+    """The tracking URI of --tracking-uri / $MLFLOW_TRACKING_URI / --runs-dir; a missing embedded store is bad input."""
+    from dbae_platform.tracking import resolve_uri
+    uri = resolve_uri(args.tracking_uri, None, args.runs_dir.expanduser().resolve())
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise FileNotFoundError(f"no MLflow store at {uri.removeprefix('sqlite:///')}: pass --runs-dir or "
+                                "--tracking-uri of the sweeps")
+    return uri
+
+
+def _report(args: argparse.Namespace) -> int:
+    from dbae_platform.report import write_report
+    from dbae_platform.tracking import command_line
+    out = write_report(_store_uri(args), args.out, command_line(), include_smoke=args.include_smoke)
+    sys.stdout.write(f"wrote {out}\n")
+    return 0
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -92,11 +126,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _table(args: argparse.Namespace) -> int:
     from dbae_platform import ablation
-    from dbae_platform.tracking import resolve_uri
-    uri = resolve_uri(args.tracking_uri, None, args.runs_dir.expanduser().resolve())
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise FileNotFoundError(f"no MLflow store at {uri.removeprefix('sqlite:///')}: pass --runs-dir or "
-                                "--tracking-uri of the sweep")
+    uri = _store_uri(args)
     table, swept, parent = ablation.table_from_mlflow(uri, args.experiment, args.parent_run, include_unfinished=True)
     if args.format == "csv":
         import io
@@ -203,4 +233,4 @@ def _ui(args: argparse.Namespace) -> int:
         return 0
 
 
-HANDLERS = {"train": _train, "eval": _eval, "ui": _ui, "sweep": _sweep, "table": _table}
+HANDLERS = {"train": _train, "eval": _eval, "ui": _ui, "sweep": _sweep, "table": _table, "report": _report}

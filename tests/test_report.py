@@ -1,0 +1,115 @@
+"""`dbae report` on a real MLflow store holding sweeps laid out as the sweep driver writes them.
+
+The metric values are chosen here, so each claim's verdict and the trends are known in advance; the test checks the
+document and its pictures against them.
+"""
+
+import json
+import re
+
+import pytest
+from mlflow import MlflowClient
+
+from dbae_platform import report
+from dbae_platform.cli import main
+
+PAPER = {  # method -> metrics of the method comparison (shapes); DiffAE's random-x_T row under eval/random_xT/
+    "dbae": {"eval/recon_mse": 0.010, "eval/ssim": 0.70, "eval/psnr": 20.0, "eval/probe_ap": 0.80, "eval/tad": 0.30,
+             "eval/attrs": 3.0, "eval/encode_ms": 2.0, "eval/mig": 0.2},
+    "dbae_d": {"eval/recon_mse": 0.020, "eval/ssim": 0.75, "eval/psnr": 18.0, "eval/probe_ap": 0.82, "eval/tad": 0.2,
+               "eval/attrs": 2.0, "eval/encode_ms": 2.0, "eval/mig": 0.1},
+    "diffae": {"eval/recon_mse": 0.001, "eval/ssim": 0.95, "eval/psnr": 30.0, "eval/probe_ap": 0.85,
+               "eval/tad": 0.10, "eval/attrs": 3.0, "eval/encode_ms": 50.0, "eval/mig": 0.05,
+               "eval/random_xT/recon_mse": 0.050, "eval/random_xT/ssim": 0.40, "eval/random_xT/psnr": 13.0,
+               "eval/random_xT/encode_ms": 2.5},
+}
+# The verdicts these numbers imply, in the order of report.CLAIMS (worked out by hand from PAPER):
+EXPECTED = [
+    True,   # DBAE-d SSIM 0.75 > DBAE 0.70
+    False,  # DBAE-d MSE 0.020 is not below DBAE's 0.010
+    True,   # DBAE SSIM 0.70 > DiffAE random 0.40
+    True,   # DBAE MSE 0.010 < DiffAE random 0.050
+    True,   # DBAE-d SSIM 0.75 > 0.40
+    True,   # DBAE-d MSE 0.020 < 0.050
+    True,   # DiffAE inferred SSIM 0.95 > DBAE-d 0.75
+    False,  # probe AP DBAE 0.80 < DiffAE 0.85
+    False,  # probe AP DBAE-d 0.82 < DiffAE 0.85
+    False,  # probe AP DBAE 0.80 < DBAE-d 0.82
+    True,   # TAD DBAE 0.30 > DiffAE 0.10
+    True,   # ATTRS DBAE 3 = DiffAE 3: a tie agrees ("at least")
+    True,   # encode ms DBAE 2.0 < DiffAE inferred 50.0 (25x faster)
+]
+LATENT = {16: 0.030, 64: 0.020, 256: 0.015}  # latent_dim -> recon_mse: falls monotonically
+
+
+def _sweep(client, name, swept, trials, params, command):
+    exp = client.create_experiment(f"sweep/{name}")
+    parent = client.create_run(exp, run_name=name, tags={
+        "dbae.sweep.role": "parent", "dbae.sweep.name": name, "dbae.sweep.swept": json.dumps(swept),
+        "dbae.command": command, "dbae.hardware": "Test CPU, 2 CPU cores, no GPU, torch x",
+        "mlflow.source.git.commit": "0123456789abcdef"})
+    for values, metrics in trials:
+        run = client.create_run(exp, run_name=str(values), tags={
+            "mlflow.parentRunId": parent.info.run_id, "dbae.sweep.values": json.dumps(values), "dbae.seed": "0"})
+        for k, v in {**params, **values}.items():
+            client.log_param(run.info.run_id, k, v)
+        for k, v in metrics.items():
+            client.log_metric(run.info.run_id, k, v, step=500)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    client.set_terminated(parent.info.run_id, "FINISHED")
+
+
+@pytest.fixture
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    params = {"data.dataset": "shapes", "train.steps": 500, "train.batch_size": 16, "resources.num_workers": 1,
+              "eval.n": 300, "eval.sampler": "euler", "eval.sampler_steps": 20, "model.latent_dim": 64}
+    _sweep(client, "paper_ablation_shapes32", ["model.method"],
+           [({"model.method": m}, metrics) for m, metrics in PAPER.items()], params,
+           "python sweeps/paper_ablation.py --preset repro_shapes32")
+    _sweep(client, "latent_dim", ["model.latent_dim"],
+           [({"model.latent_dim": d}, {"eval/recon_mse": v, "eval/ssim": 1 - 10 * v}) for d, v in LATENT.items()],
+           {k: v for k, v in params.items() if k != "model.latent_dim"}, "python sweeps/latent_dim.py")
+    _sweep(client, "latent_dim-smoke", ["model.latent_dim"], [({"model.latent_dim": 8}, {"eval/recon_mse": 1.0})],
+           params, "python sweeps/latent_dim.py --smoke")
+    return uri, tmp_path
+
+
+def test_claims_have_the_verdicts_their_numbers_imply(store):
+    uri, _ = store
+    sweeps = report.collect(MlflowClient(uri))
+    assert [s.name for s in sweeps] == ["paper_ablation_shapes32", "latent_dim"]  # smoke sweep left out
+    assert [s.kind for s in sweeps] == ["methods", "latent_dim"]
+    verdicts = report.check_claims(sweeps)
+    assert [v.agrees for v in verdicts] == EXPECTED
+    assert verdicts[7].metric == "probe_ap"  # the attribute probe on shapes
+    assert verdicts[-1].margin() == "25.0× faster"
+    assert verdicts[0].margin().startswith("+0.05 (+7 %); paper +0.033 (+4 %)")
+
+
+def test_document_tables_pictures_and_commands(store, tmp_path):
+    uri, _ = store
+    out = tmp_path / "docs" / "results.md"
+    assert main(["report", "--tracking-uri", uri, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert f"{sum(EXPECTED)} of {len(EXPECTED)} checks agree in direction" in text
+    rows = [line for line in text.splitlines() if line.startswith("| DBAE-d reconstructs better than DBAE (MSE)")]
+    assert len(rows) == 1 and rows[0].endswith("| **no** |")
+    # the method tables: four reconstruction rows, DiffAE's random-x_T numbers on their own row
+    assert re.search(r"\| DiffAE, random x_T \| 1 \| 0\.05 \| 13 \| 0\.4 \|", text)
+    assert "python sweeps/paper_ablation.py --preset repro_shapes32" in text and "--smoke" not in text
+    assert "Test CPU, 2 CPU cores" in text and "0123456789ab" in text
+    assert "500 steps × batch 16 × 1 worker(s) × 1 accumulation = 8000 images per trial" in text
+    assert "MSE falls monotonically from 0.03 (latent_dim = 16) to 0.015 (256)" in text
+    pictures = sorted(p.name for p in (out.parent / "results").glob("*.png"))
+    assert pictures == ["ablation_latent_dim.png", "methods.png"]
+    for name in pictures:
+        assert (out.parent / "results" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"](results/{name})" in text
+
+
+def test_missing_store_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["report", "--runs-dir", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no MLflow store" in err[0]
