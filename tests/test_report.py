@@ -88,6 +88,21 @@ def test_claims_have_the_verdicts_their_numbers_imply(store):
     assert verdicts[0].margin().startswith("+0.05 (+7 %); paper +0.033 (+4 %)")
 
 
+def test_a_dataset_without_attributes_gets_the_class_probe_and_no_tad_claims(store):
+    uri, _ = store
+    client = MlflowClient(uri)
+    classes = {m: {"eval/recon_mse": 0.02, "eval/ssim": 0.5, "eval/probe_class_ap": ap}
+               for m, ap in (("dbae", 0.7), ("dbae_d", 0.6), ("diffae", 0.5))}
+    _sweep(client, "paper_ablation_fashion32", ["model.method"], [({"model.method": m}, v) for m, v in classes.items()],
+           {"data.dataset": "fashion_mnist"}, "python sweeps/paper_ablation.py --preset repro_fashion32")
+    fashion = [v for v in report.check_claims(report.collect(client)) if v.dataset == "fashion_mnist"]
+    assert {v.metric for v in fashion} == {"ssim", "recon_mse", "probe_class_ap"}  # no TAD, ATTRS, encode time
+    probe = [v.agrees for v in fashion if v.metric == "probe_class_ap"]
+    assert probe == [True, True, True]  # 0.7 > 0.5, 0.6 > 0.5, 0.7 >= 0.6
+    # rows the comparison lacks (no random-x_T variant logged) stay as "not measured"
+    assert any(v.agrees is None and v.claim.b == "DiffAE, random x_T" for v in fashion)
+
+
 def test_document_tables_pictures_and_commands(store, tmp_path):
     uri, _ = store
     out = tmp_path / "docs" / "results.md"
