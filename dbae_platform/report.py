@@ -421,6 +421,12 @@ def render(client, sweeps: Sequence[Sweep], out_dir: Path, command: str, plots: 
              "rerun the command (`make results` reruns the study and then this command).", ""]
     if not sweeps:
         return "\n".join(lines + ["No sweeps found in the MLflow store.", ""])
+    judged = [v for v in check_claims(sweeps) if v.agrees is not None]
+    if judged:
+        against = [f"{v.claim.text} ({v.dataset})" for v in judged if not v.agrees]
+        lines += [f"**Summary**: {sum(v.agrees for v in judged)} of {len(judged)} checks of the paper's claims agree "
+                  f"in direction (section 2)" + (f"; they disagree on: {'; '.join(against)}." if against else ".")
+                  + " Single seed, CPU budget (below).", ""]
 
     hardware = sorted({r.data.tags["dbae.hardware"] for s in sweeps for r in [s.parent, *s.children]
                        if "dbae.hardware" in r.data.tags})

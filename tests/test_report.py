@@ -109,6 +109,8 @@ def test_document_tables_pictures_and_commands(store, tmp_path):
     assert main(["report", "--tracking-uri", uri, "--out", str(out)]) == 0
     text = out.read_text()
     assert f"{sum(EXPECTED)} of {len(EXPECTED)} checks agree in direction" in text
+    assert f"**Summary**: {sum(EXPECTED)} of {len(EXPECTED)} checks of the paper's claims agree" in text
+    assert "they disagree on: DBAE-d reconstructs better than DBAE (MSE) (shapes);" in text
     rows = [line for line in text.splitlines() if line.startswith("| DBAE-d reconstructs better than DBAE (MSE)")]
     assert len(rows) == 1 and rows[0].endswith("| **no** |")
     # the method tables: four reconstruction rows, DiffAE's random-x_T numbers on their own row
