@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-__all__ = ["Trial", "build_table", "to_markdown", "write_table", "plot_metrics", "trials_from_mlflow", "find_sweep",
-           "table_from_mlflow", "DEFAULT_VARIANT"]
+__all__ = ["Trial", "build_table", "to_markdown", "write_table", "plot_metrics", "draw_metric", "trials_from_mlflow",
+           "find_sweep", "table_from_mlflow", "DEFAULT_VARIANT"]
 
 log = logging.getLogger(__name__)
 DEFAULT_VARIANT = "default"
@@ -215,15 +215,12 @@ def _x_scale(xs: list[float]) -> tuple[str, dict[str, float]]:
     return "symlog", {"linthresh": min(positive)}
 
 
-def plot_metrics(table: pa.Table, swept: Sequence[str], out_dir: str | Path) -> list[Path]:
-    """One PNG per metric, `metric_<name>.png`: mean (± std bars) against the first swept key, a line per series.
+def draw_metric(ax, table: pa.Table, swept: Sequence[str], metric: str) -> None:
+    """Draw `metric`'s mean (± std bars) against the first swept key on a matplotlib axis, a line per series.
 
     A numeric first key is drawn as lines (log or symlog x when its values span a factor ≥ 20); a string or bool
     key at categorical positions. The other swept keys and `variant` (when present) pick the series.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     if not swept:
         raise ValueError("plot_metrics needs at least one swept key for the x axis")
     x_key = swept[0]
@@ -238,37 +235,45 @@ def plot_metrics(table: pa.Table, swept: Sequence[str], out_dir: str | Path) -> 
     series: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         series.setdefault(tuple(r[k] for k in series_keys), []).append(r)
+    for i, (label, members) in enumerate(series.items()):
+        members = [r for r in members if r[f"{metric}_mean"] is not None and math.isfinite(r[f"{metric}_mean"])]
+        if numeric:
+            members.sort(key=lambda r: r[x_key])
+            xs = np.array([float(r[x_key]) for r in members])
+        else:  # categorical: series side by side around each position
+            offset = (i - (len(series) - 1) / 2) * min(0.3 / max(len(series) - 1, 1), 0.1)
+            xs = np.array([categories.index(r[x_key]) + offset for r in members], dtype=float)
+        ys = np.array([r[f"{metric}_mean"] for r in members], dtype=float)
+        err = np.array([r[f"{metric}_std"] for r in members], dtype=float)  # None -> NaN: no bar drawn
+        text = ", ".join(f"{k}={v}" for k, v in zip(series_keys, label)) or None
+        ax.errorbar(xs, ys, yerr=np.where(np.isfinite(err), err, np.nan), fmt="o-" if numeric else "o",
+                    capsize=3, label=text)
+    if numeric:
+        ax.set_xscale(scale, **scale_opts)
+    else:
+        ax.set_xticks(range(len(categories)), [str(c) for c in categories])
+    ax.set_title(f"{metric} vs {x_key}")
+    ax.set_xlabel(x_key)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    if series_keys and series:
+        ax.legend(fontsize="small")
 
+
+def plot_metrics(table: pa.Table, swept: Sequence[str], out_dir: str | Path) -> list[Path]:
+    """One PNG per metric, `metric_<name>.png`, drawn by `draw_metric` against the first swept key."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not swept:
+        raise ValueError("plot_metrics needs at least one swept key for the x axis")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for metric in _metric_columns(table):
         fig = Figure(figsize=(6.4, 4.2))
         FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        for i, (label, members) in enumerate(series.items()):
-            members = [r for r in members if r[f"{metric}_mean"] is not None and math.isfinite(r[f"{metric}_mean"])]
-            if numeric:
-                members.sort(key=lambda r: r[x_key])
-                xs = np.array([float(r[x_key]) for r in members])
-            else:  # categorical: series side by side around each position
-                offset = (i - (len(series) - 1) / 2) * min(0.3 / max(len(series) - 1, 1), 0.1)
-                xs = np.array([categories.index(r[x_key]) + offset for r in members], dtype=float)
-            ys = np.array([r[f"{metric}_mean"] for r in members], dtype=float)
-            err = np.array([r[f"{metric}_std"] for r in members], dtype=float)  # None -> NaN: no bar drawn
-            text = ", ".join(f"{k}={v}" for k, v in zip(series_keys, label)) or None
-            ax.errorbar(xs, ys, yerr=np.where(np.isfinite(err), err, np.nan), fmt="o-" if numeric else "o",
-                        capsize=3, label=text)
-        if numeric:
-            ax.set_xscale(scale, **scale_opts)
-        else:
-            ax.set_xticks(range(len(categories)), [str(c) for c in categories])
-        ax.set_title(f"{metric} vs {x_key}")
-        ax.set_xlabel(x_key)
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        if series_keys and series:
-            ax.legend(fontsize="small")
+        draw_metric(fig.add_subplot(), table, swept, metric)
         fig.tight_layout()
         path = out_dir / f"metric_{metric.replace('/', '_')}.png"
         fig.savefig(path, dpi=100)

@@ -11,6 +11,7 @@ hardware, commits and the training budget come from the runs' tags, params and s
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import shutil
@@ -71,6 +72,11 @@ class Sweep:
     swept: list[str]
     kind: str = "other"
     dataset: str = "?"
+
+    @functools.cached_property
+    def rows(self) -> dict[str, dict[str, Stat]]:
+        """The method comparison's rows (`method_rows`), built once."""
+        return method_rows(self)
 
     @property
     def command(self) -> str:
@@ -245,7 +251,7 @@ def check_claims(sweeps: Sequence[Sweep]) -> list[Verdict]:
     verdicts = []
     for claim in CLAIMS:
         for sweep in (s for s in sweeps if s.kind == "methods"):
-            rows = method_rows(sweep)
+            rows = sweep.rows
             metric = _probe_metric(rows) if claim.metric == "probe" else claim.metric
             a, b = rows.get(claim.a, {}).get(metric), rows.get(claim.b, {}).get(metric)
             if a is None and b is None:
@@ -257,8 +263,8 @@ def check_claims(sweeps: Sequence[Sweep]) -> list[Verdict]:
 # ---------------------------------------------------------------------------------------------------- plots
 
 
-def plot_ablation(table: pa.Table, x_key: str, metrics: Sequence[str], path: Path, title: str) -> Path | None:
-    """One PNG with a panel per metric: mean (± std) against the swept value; further swept keys are series."""
+def plot_ablation(table: pa.Table, swept: Sequence[str], metrics: Sequence[str], path: Path, title: str) -> Path | None:
+    """One PNG with a panel per metric (those the table has), each drawn by `ablation.draw_metric`."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -266,37 +272,14 @@ def plot_ablation(table: pa.Table, x_key: str, metrics: Sequence[str], path: Pat
                and any(v is not None and math.isfinite(v) for v in table.column(f"{m}_mean").to_pylist())]
     if not metrics:
         return None
-    rows = table.to_pylist()
-    numeric = all(isinstance(r[x_key], (int, float)) and not isinstance(r[x_key], bool) for r in rows)
-    others = [c for c in table.column_names if c not in (x_key, "n") and not c.endswith(("_mean", "_std"))
-              and len({str(r[c]) for r in rows}) > 1]
-    categories = list(dict.fromkeys(str(r[x_key]) for r in rows))
     fig = Figure(figsize=(3.2 * len(metrics), 3.0))
     FigureCanvasAgg(fig)
     for i, m in enumerate(metrics):
         ax = fig.add_subplot(1, len(metrics), i + 1)
-        groups: dict[tuple, list[dict]] = {}
-        for r in rows:
-            groups.setdefault(tuple(r[c] for c in others), []).append(r)
-        for label, members in groups.items():
-            members = [r for r in members if r[f"{m}_mean"] is not None and math.isfinite(r[f"{m}_mean"])]
-            members.sort(key=lambda r: r[x_key] if numeric else categories.index(str(r[x_key])))
-            xs = [float(r[x_key]) if numeric else categories.index(str(r[x_key])) for r in members]
-            ys = [r[f"{m}_mean"] for r in members]
-            err = [r[f"{m}_std"] if r[f"{m}_std"] is not None and math.isfinite(r[f"{m}_std"]) else 0.0
-                   for r in members]
-            text = ", ".join(f"{c}={v}" for c, v in zip(others, label)) or None
-            ax.errorbar(xs, ys, yerr=err, fmt="o-" if numeric else "o", capsize=3, label=text)
-        if numeric:
-            scale, opts = ablation._x_scale([float(r[x_key]) for r in rows])
-            ax.set_xscale(scale, **opts)
-        else:
-            ax.set_xticks(range(len(categories)), categories)
+        ablation.draw_metric(ax, table, swept, m)
         ax.set_title(NAMES.get(m, m), fontsize="medium")
-        ax.set_xlabel(x_key.split(".")[-1])
-        ax.grid(alpha=0.3)
-        if others and i == 0:
-            ax.legend(fontsize="x-small")
+        ax.set_xlabel(swept[0].split(".")[-1])
+        ax.set_ylabel("")
     fig.suptitle(title, fontsize="medium")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -309,7 +292,7 @@ def plot_methods(sweeps: Sequence[Sweep], metrics: Sequence[str], path: Path) ->
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    data = [(s.dataset, method_rows(s)) for s in sweeps if s.kind == "methods"]
+    data = [(s.dataset, s.rows) for s in sweeps if s.kind == "methods"]
     metrics = [m for m in metrics if any(m in r for _, rows in data for r in rows.values())]
     if not data or not metrics:
         return None
@@ -421,7 +404,8 @@ def render(client, sweeps: Sequence[Sweep], out_dir: Path, command: str, plots: 
              "rerun the command (`make results` reruns the study and then this command).", ""]
     if not sweeps:
         return "\n".join(lines + ["No sweeps found in the MLflow store.", ""])
-    judged = [v for v in check_claims(sweeps) if v.agrees is not None]
+    verdicts = check_claims(sweeps)
+    judged = [v for v in verdicts if v.agrees is not None]
     if judged:
         against = [f"{v.claim.text} ({v.dataset})" for v in judged if not v.agrees]
         lines += [f"**Summary**: {sum(v.agrees for v in judged)} of {len(judged)} checks of the paper's claims agree "
@@ -461,7 +445,7 @@ def render(client, sweeps: Sequence[Sweep], out_dir: Path, command: str, plots: 
     if methods:
         lines += ["## 1. DBAE, DBAE-d and DiffAE at equal latent size and budget", ""]
         for s in methods:
-            rows = method_rows(s)
+            rows = s.rows
             params = _parameters(client, s)
             lines += [f"### {s.dataset} (sweep `{s.name}`, latent d = {s.param('model.latent_dim')})", ""]
             if params:
@@ -492,8 +476,6 @@ def render(client, sweeps: Sequence[Sweep], out_dir: Path, command: str, plots: 
         if figure:
             lines += [f"![method comparison]({plots}/{figure.name})", ""]
 
-        verdicts = check_claims(methods)
-        judged = [v for v in verdicts if v.agrees is not None]
         lines += ["## 2. The paper's claims (dbae-method.md §8): do our numbers agree with their direction?", "",
                   f"{sum(v.agrees for v in judged)} of {len(judged)} checks agree in direction "
                   f"({len(verdicts) - len(judged)} not measured; claims on metrics a dataset lacks, such as TAD "
@@ -521,7 +503,8 @@ def render(client, sweeps: Sequence[Sweep], out_dir: Path, command: str, plots: 
         table = table.drop_columns([f"{m}_{part}" for m in empty for part in ("mean", "std")])
         lines += [f"### {title} ({s.dataset}, sweep `{s.name}`)", "", ablation.to_markdown(table), ""]
         if x_key:
-            figure = plot_ablation(table, x_key, PLOT_METRICS, plot_dir / f"ablation_{s.name}.png", title)
+            swept = [x_key] + [k for k in s.swept if k != x_key]
+            figure = plot_ablation(table, swept, PLOT_METRICS, plot_dir / f"ablation_{s.name}.png", title)
             if figure:
                 lines += [f"![{title}]({plots}/{figure.name})", ""]
         if expectation:
