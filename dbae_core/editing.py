@@ -1,8 +1,9 @@
 """Interpolation and attribute manipulation (dbae-method.md §6, §7), and image strips and grids saved as PNG.
 
 DBAE: z_λ = (1 − λ) z1 + λ z2 and x_T = Dec(z_λ). DiffAE: z lerped, its inferred x_T slerped.
-Manipulation: a linear probe w on z; z' = z + s·√d·w/‖w‖ (in the probe's normalised coordinates, as DiffAE does);
-DBAE keeps x_T = Dec(z) (default) or uses Dec(z'); DiffAE keeps the inferred x_T (default) or draws a random one.
+Manipulation: a linear probe with weight vector w on z; z' = z + s·√d·w/‖w‖ in raw z (§6 and the DBAE release), or
+optionally in the probe's standardised coordinates (z − mean)/std, as DiffAE does. DBAE keeps x_T = Dec(z) (default) or
+uses Dec(z'); DiffAE keeps the inferred x_T (default) or draws a random one.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ class LinearProbe:
     def logit(self, z: Tensor) -> Tensor:
         return ((z - self.mean) / self.std) @ self.weight + self.bias
 
+    @property
+    def raw_weight(self) -> Tensor:
+        """The probe's weight vector on raw z, ∇_z logit = w/std."""
+        return self.weight / self.std
+
 
 def fit_probe(z: Tensor, labels: Tensor, steps: int = 300, lr: float = 0.05, weight_decay: float = 1e-3,
               normalize: bool = True) -> LinearProbe:
@@ -72,9 +78,14 @@ def fit_probe(z: Tensor, labels: Tensor, steps: int = 300, lr: float = 0.05, wei
     return LinearProbe(linear.weight.detach()[0], linear.bias.detach()[0], mean, std)
 
 
-def manipulate_latent(z: Tensor, probe: LinearProbe, s: float) -> Tensor:
-    """z' with normalised coordinates moved by s·√d·w/‖w‖ (§6), so logit(z') = logit(z) + s·√d·‖w‖."""
+def manipulate_latent(z: Tensor, probe: LinearProbe, s: float, standardized: bool = False) -> Tensor:
+    """z' = z + s·√d·w/‖w‖ with w the probe's weight on raw z (§6), so logit(z') = logit(z) + s·√d·‖w‖.
+
+    `standardized`: move the probe's standardised coordinates (z − mean)/std instead (DiffAE's manipulation).
+    """
     d = z.shape[1]
+    if not standardized:
+        return z + s * math.sqrt(d) * F.normalize(probe.raw_weight, dim=0)
     zn = (z - probe.mean) / probe.std + s * math.sqrt(d) * F.normalize(probe.weight, dim=0)
     return zn * probe.std + probe.mean
 
@@ -83,20 +94,23 @@ def manipulate_latent(z: Tensor, probe: LinearProbe, s: float) -> Tensor:
 def decode_from_endpoint(model: nn.Module, z: Tensor, x_T: Tensor, steps: int = 100, method: str = "euler",
                          churn: float = 0.0, rho: float = 7.0, generator: torch.Generator | None = None
                          ) -> tuple[Tensor, int]:
-    """DBAE's reverse bridge from a given x_T conditioned on z (x_T need not be Dec(z)). Returns (x0, nfe)."""
+    """DBAE's reverse bridge from a given x_T conditioned on z (x_T need not be Dec(z)), clamped to [−1, 1] as
+    DBAE.decode is. Returns (x0, nfe)."""
     z, x_T = z.float(), x_T.float()
 
     def denoiser(x: Tensor, t: Tensor) -> Tensor:
         return model.denoise(x, t.float(), x_T, z, clamp=True).float()
 
-    return sample_bridge(denoiser, x_T, model.bridge, steps, method=method, churn=churn, rho=rho, generator=generator)
+    x, nfe = sample_bridge(denoiser, x_T, model.bridge, steps, method=method, churn=churn, rho=rho,
+                           generator=generator)
+    return x.clamp(-1.0, 1.0), nfe
 
 
 @torch.no_grad()
 def manipulate(model: nn.Module, x: Tensor, probe: LinearProbe, scales: Sequence[float], steps: int = 100,
-               keep_endpoint: bool = True, inverse_steps: int | None = None,
+               keep_endpoint: bool = True, inverse_steps: int | None = None, standardized: bool = False,
                generator: torch.Generator | None = None, **sampler_kw) -> Tensor:
-    """Images for z' = manipulate_latent(Enc(x), probe, s) for every s; returns (len(scales), B, C, H, W).
+    """Images for z' = manipulate_latent(Enc(x), probe, s, standardized) for every s; returns (len(scales), B, C, H, W).
 
     `keep_endpoint`: DBAE keeps x_T = Dec(z) (else Dec(z')); DiffAE keeps x's inferred x_T (else a random one, shared
     across s). `sampler_kw` go to the bridge sampler (method, churn, rho) for DBAE.
@@ -110,7 +124,7 @@ def manipulate(model: nn.Module, x: Tensor, probe: LinearProbe, scales: Sequence
         x_T = model.endpoint(z)
     out = []
     for s in scales:
-        z_s = manipulate_latent(z, probe, float(s))
+        z_s = manipulate_latent(z, probe, float(s), standardized)
         if diffae:
             out.append(model.decode(z_s, steps, x_T=x_T, clip=not keep_endpoint, generator=generator)[0])
         else:

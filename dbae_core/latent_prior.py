@@ -1,5 +1,7 @@
 """The latent prior p(z) for unconditional generation (dbae-method.md §5, DiffAE's latent DPM), a second stage.
 
+The prior models the latents the decoder was trained on: posterior means for a deterministic encoder, and for the
+stochastic one draws z = μ + σ ε from q_φ(z|x0) (a fresh draw at every prior training step), not the means alone.
 z is normalised by the training set's mean/std; an ε-prediction DDPM on the normalised z (T = 1000, constant
 β = 0.008) with an MLP skip-net (LayerNorm, SiLU, z_t re-concatenated at every layer, time embedding 64) is trained
 with an L1 loss and AdamW (lr 1e-4, wd 0.01), and sampled by DDIM (20 steps by default).
@@ -24,10 +26,11 @@ from tqdm.auto import tqdm
 
 from dbae_core.ddim import ddim_sample, make_schedule
 from dbae_core.ema import EMA
+from dbae_core.networks.encoder import Posterior
 from dbae_core.networks.layers import timestep_embedding
 
-__all__ = ["LatentPriorConfig", "PRIOR_PRESETS", "prior_preset", "MLPSkipNet", "LatentPrior", "fit_prior",
-           "encode_dataset", "generate", "save_prior", "load_prior"]
+__all__ = ["LatentPriorConfig", "PRIOR_PRESETS", "SMALL_MODEL", "prior_preset", "default_preset", "MLPSkipNet",
+           "LatentPrior", "fit_prior", "encode_dataset", "encode_posterior", "generate", "save_prior", "load_prior"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,14 @@ PRIOR_PRESETS: dict[str, LatentPriorConfig] = {
     "tiny": LatentPriorConfig(latent_dim=64, width=256, depth=4, batch_size=256, steps=2000, ema_decay=0.999,
                               lr=1e-3),
 }
+
+
+SMALL_MODEL = 10_000_000  # autoencoder parameters: below this the "tiny" prior preset is the default, else "paper"
+
+
+def default_preset(autoencoder: nn.Module) -> str:
+    """The prior preset for an autoencoder: "tiny" below SMALL_MODEL parameters, else "paper"."""
+    return "tiny" if sum(p.numel() for p in autoencoder.parameters()) < SMALL_MODEL else "paper"
 
 
 def prior_preset(name: str, **changes: Any) -> LatentPriorConfig:
@@ -121,10 +132,12 @@ class LatentPrior(nn.Module):
         self.register_buffer("std", torch.ones(cfg.latent_dim))
 
     @torch.no_grad()
-    def set_normalization(self, latents: Tensor) -> None:
-        """mean/std of the encoded training set, per dimension."""
+    def set_normalization(self, latents: Tensor, sigma: Tensor | None = None) -> None:
+        """mean/std of the encoded training set, per dimension. With the posterior std σ of a stochastic encoder,
+        those of the draws z = μ + σ ε: mean(μ) and √(var(μ) + mean(σ²)) (law of total variance)."""
+        var = latents.var(0) + (0 if sigma is None else sigma.square().mean(0))
         self.mean.copy_(latents.mean(0))
-        self.std.copy_(latents.std(0).clamp_min(1e-6))
+        self.std.copy_(var.sqrt().clamp_min(1e-6))
 
     def normalize(self, z: Tensor) -> Tensor:
         return (z - self.mean) / self.std
@@ -152,20 +165,25 @@ class LatentPrior(nn.Module):
 
 
 def fit_prior(latents: Tensor, cfg: LatentPriorConfig, device: str | torch.device = "cpu", progress: bool = True,
-              log_every: int = 500, path: str | os.PathLike | None = None
+              log_every: int = 500, path: str | os.PathLike | None = None, sigma: Tensor | None = None,
               ) -> tuple[LatentPrior, list[tuple[int, float]]]:
     """Train the latent DPM on encoded training latents (N, d); returns (EMA prior in eval mode, [(step, loss)]).
 
-    With `path`, the prior is also saved there (see save_prior).
+    `sigma` (N, d), the posterior std of a stochastic encoder: `latents` are then the posterior means μ and every
+    step trains on fresh draws z = μ + σ ε, the latents the decoder saw in training (§5). With `path`, the prior is
+    also saved there (see save_prior).
     """
     device = torch.device(device)
     if latents.ndim != 2 or latents.shape[1] != cfg.latent_dim:
         raise ValueError(f"latents must be (N, {cfg.latent_dim}), got {tuple(latents.shape)}")
+    if sigma is not None and sigma.shape != latents.shape:
+        raise ValueError(f"sigma must have the latents' shape {tuple(latents.shape)}, got {tuple(sigma.shape)}")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device).manual_seed(cfg.seed)
     latents = latents.detach().float().to(device)
+    sigma = None if sigma is None else sigma.detach().float().to(device)
     prior = LatentPrior(cfg).to(device)
-    prior.set_normalization(latents)
+    prior.set_normalization(latents, sigma)
     ema = EMA(prior, cfg.ema_decay)
     opt = torch.optim.AdamW(prior.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n, batch = latents.shape[0], min(cfg.batch_size, latents.shape[0])
@@ -175,7 +193,11 @@ def fit_prior(latents: Tensor, cfg: LatentPriorConfig, device: str | torch.devic
     for step in tqdm(range(1, cfg.steps + 1), desc="prior", disable=not progress, mininterval=2.0):
         if pos + batch > n:
             perm, pos = torch.randperm(n, generator=gen, device=device), 0
-        loss = prior.loss(latents[perm[pos:pos + batch]], gen)
+        idx = perm[pos:pos + batch]
+        z = latents[idx]
+        if sigma is not None:
+            z = z + sigma[idx] * torch.randn(z.shape, generator=gen, device=device)
+        loss = prior.loss(z, gen)
         pos += batch
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -209,6 +231,23 @@ def encode_dataset(model: nn.Module, dataset: Dataset, batch_size: int = 256, de
         out.append(model.encode(x.to(device), sample=sample).float().cpu())
     model.train(was_training)
     return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_posterior(model: nn.Module, dataset: Dataset, batch_size: int = 256, device: str | torch.device = "cpu",
+                     progress: bool = True) -> Posterior:
+    """q_φ(z|x0) of every item of `dataset` (eval mode), on the CPU: Posterior(means (N, d), σ (N, d) or None)."""
+    was_training = model.training
+    model.eval()
+    means, sigmas = [], []
+    for batch in tqdm(DataLoader(dataset, batch_size=batch_size, shuffle=False), desc="encode",
+                      disable=not progress, mininterval=2.0):
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        post = model.encoder(x.to(device))
+        means.append(post.mean.float().cpu())
+        sigmas.append(None if post.sigma is None else post.sigma.float().cpu())
+    model.train(was_training)
+    return Posterior(torch.cat(means), None if sigmas[0] is None else torch.cat(sigmas))
 
 
 @torch.no_grad()

@@ -123,15 +123,18 @@ class DBAE(nn.Module):
     @torch.no_grad()
     def decode(self, z: Tensor, steps: int = 100, method: str = "euler", churn: float = 0.0, rho: float = 7.0,
                generator: torch.Generator | None = None) -> tuple[Tensor, int]:
-        """Images from latents: x_T = Dec(z), then the reverse bridge. Returns (x0, nfe)."""
+        """Images from latents: x_T = Dec(z), then the reverse bridge, clamped to [−1, 1] as the release does (§3).
+
+        Returns (x0, nfe)."""
         z = z.float()
         x_T = self.endpoint(z).float()
 
         def denoiser(x: Tensor, t: Tensor) -> Tensor:
             return self.denoise(x, t.float(), x_T, z, clamp=True).float()
 
-        return sample_bridge(denoiser, x_T, self.bridge, steps, method=method, churn=churn, rho=rho,
-                             generator=generator)
+        x, nfe = sample_bridge(denoiser, x_T, self.bridge, steps, method=method, churn=churn, rho=rho,
+                               generator=generator)
+        return x.clamp(-1.0, 1.0), nfe
 
     @torch.no_grad()
     def reconstruct(self, x0: Tensor, steps: int = 100, method: str = "euler", churn: float = 0.0,

@@ -30,9 +30,11 @@ class BridgePrecond:
     cov: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.sigma_data <= 0 or self.sigma_data_end < 0:
-            raise ValueError(f"need sigma_data > 0 and sigma_data_end >= 0; "
-                             f"got {self.sigma_data}, {self.sigma_data_end}")
+        if self.sigma_data <= 0:
+            raise ValueError(f"sigma_data={self.sigma_data} is invalid: use a positive number (0.5, the release's)")
+        if self.sigma_data_end <= 0:  # A → c_t → 0 as t → T, so c_in = A^(−1/2) grows without bound
+            raise ValueError(f"sigma_data_end={self.sigma_data_end} is invalid: c_in = A^(-1/2) grows without bound "
+                             "as t → T; use a positive number (0.5, the release's training value)")
         if self.cov * self.cov > (self.sigma_data * self.sigma_data_end) ** 2:
             raise ValueError(f"|cov| must not exceed sigma_data * sigma_data_end; got cov={self.cov}")
 

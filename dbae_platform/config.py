@@ -83,6 +83,9 @@ class EvalConfig:
     precision: str = "auto"  # autocast of encoding/decoding: "auto" (bf16 on CUDA), "bf16" or "fp32"
     batch_size: int = 64
     val_n: int = 16  # held-out images reconstructed at every checkpoint: val/recon_mse (0: off)
+    sample_z: bool = False  # evaluate with a draw z ~ q(z|x0) instead of the posterior mean (stochastic encoder only)
+    prior_steps: int = 2000  # training steps of the latent DDPM prior behind eval/fid etc. (the generation suite)
+    prior_images: int | None = None  # training images whose latents train that prior (null: all of them)
 
 
 @dataclass(frozen=True)
@@ -270,7 +273,8 @@ def _rules(cfg: Config) -> list[tuple[str, Any, bool, str]]:
         ("objective.sde", o.sde, o.sde in ("vp", "ve"), "'vp' or 've'"),
         ("objective.precond", o.precond, o.precond in ("bridge", "none"), "'bridge' or 'none'"),
         ("objective.sigma_data", o.sigma_data, o.sigma_data > 0, "a positive number"),
-        ("objective.sigma_data_end", o.sigma_data_end, o.sigma_data_end > 0, "a positive number"),
+        ("objective.sigma_data_end", o.sigma_data_end, o.sigma_data_end > 0,
+         "a positive number, e.g. 0.5 (0 makes c_in = A^(-1/2) grow without bound as t → T)"),
         ("objective.entropy_weight", o.entropy_weight, o.entropy_weight >= 0, "a number >= 0"),
         ("objective.entropy_weight", o.entropy_weight, o.entropy_weight == 0 or m.method == "dbae",
          f"0 with model.method={m.method} (its encoder is deterministic); use model.method=dbae for the entropy term"),
@@ -284,6 +288,11 @@ def _rules(cfg: Config) -> list[tuple[str, Any, bool, str]]:
         ("eval.precision", e.precision, e.precision in ("auto", "bf16", "fp32"), "'auto', 'bf16' or 'fp32'"),
         ("eval.batch_size", e.batch_size, e.batch_size > 0, "a positive integer"),
         ("eval.val_n", e.val_n, e.val_n >= 0, "an integer >= 0 (0: no validation at checkpoints)"),
+        ("eval.sample_z", e.sample_z, not e.sample_z or m.method == "dbae",
+         f"false with model.method={m.method} (its encoder is deterministic: z has no distribution to sample)"),
+        ("eval.prior_steps", e.prior_steps, e.prior_steps > 0, "a positive integer"),
+        ("eval.prior_images", e.prior_images, e.prior_images is None or e.prior_images > 1,
+         "an integer >= 2 or null (all training images)"),
         ("resources.num_workers", r.num_workers, r.num_workers > 0, "a positive integer"),
         ("resources.cpus_per_worker", r.cpus_per_worker, r.cpus_per_worker > 0, "a positive number"),
         ("resources.gpus_per_worker", r.gpus_per_worker, r.gpus_per_worker > 0, "a positive number"),

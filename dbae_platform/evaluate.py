@@ -1,14 +1,18 @@
 """The evaluation suite (`dbae eval`, and the end of training) on a trained DBAE's EMA weights (dbae-method.md §8).
 
-Suites: `recon` (MSE, PSNR, SSIM on [0, 1], LPIPS when its weights exist), `probe` (linear probes on frozen posterior
-means), `disentangle` (MIG and DCI against known factors, TAD and ATTRS against binary attributes) and `generation`
-(FID, KID, precision/recall on Inception features of decoded latent samples against training images). Latents are
-posterior means. Generated latents come from `prior.sample(n, generator)` when a prior is given, else from a Gaussian
-fitted to the encoded training latents (per-dimension mean and std, dimensions independent): a baseline that ignores
-the latents' correlations. Dataset items are tuples (image in [−1, 1], labels...); each trailing element is read as
-class labels (1-D integers), binary attributes (2-D, values in {0, 1} or {−1, 1}) or factors (other 1-D floats, other
-2-D labels). A suite that does not apply is skipped with a logged reason, and its keys are absent. Image grids and
-metrics.json are written to `out_dir`.
+Suites: `recon` (MSE, PSNR, SSIM on [0, 1], LPIPS when its weights exist), `probe` (linear probes on frozen latents),
+`disentangle` (MIG and DCI against known factors, TAD and ATTRS against binary attributes) and `generation` (FID, KID,
+precision/recall on Inception features of decoded latent samples against training images). Latents are posterior
+means, or draws z ~ q(z|x0) of the stochastic encoder with `sample_z` (the release's choice, §6).
+Generation follows the paper's protocol (§5): the latent DDPM prior is trained here, for `prior_steps` steps on the
+latents of `prior_images` training images (posterior draws for the stochastic encoder: what the decoder saw), then
+z ~ prior → Dec → reverse bridge gives `eval/fid`, `eval/kid`, `eval/precision`, `eval/recall` (a given `prior` is used
+instead of training one). The same metrics of a Gaussian fitted to those training latents (per-dimension mean and
+std, dimensions independent: a baseline that ignores their correlations) are `eval/gaussian/*`.
+Dataset items are tuples (image in [−1, 1], labels...); each trailing element is read as class labels (1-D integers),
+binary attributes (2-D, values in {0, 1} or {−1, 1}) or factors (other 1-D floats, other 2-D labels). A suite that
+does not apply is skipped with a logged reason, and its keys are absent. Image grids and metrics.json are written to
+`out_dir` (and the trained latent prior, as prior.pt).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
+from dbae_core.latent_prior import default_preset, encode_posterior, fit_prior, prior_preset, save_prior
 from dbae_core.metrics import (
     InceptionFeatures,
     InceptionUnavailable,
@@ -50,9 +55,11 @@ from dbae_core.metrics import (
     to_unit,
 )
 from dbae_core.model import DBAE
+from dbae_core.networks import Posterior
 from dbae_core.training import autocast
 
-__all__ = ["Sampling", "SUITES", "CPU_GENERATION_IMAGES", "evaluate", "format_table", "write_metrics_json"]
+__all__ = ["Sampling", "PriorBudget", "SUITES", "CPU_GENERATION_IMAGES", "evaluate", "format_table",
+           "write_metrics_json"]
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +109,15 @@ def _batches(x: Tensor, batch_size: int, desc: str):
 
 
 @torch.no_grad()
-def _encode(model: DBAE, images: Tensor, batch_size: int, device: torch.device,
-            precision: str = "auto") -> tuple[Tensor, float]:
-    """Posterior means and the wall-clock encoding time in ms per image."""
+def _encode(model: DBAE, images: Tensor, batch_size: int, device: torch.device, precision: str = "auto",
+            sample: bool = False, seed: int = 0) -> tuple[Tensor, float]:
+    """Posterior means (draws z = μ + σ ε, seeded, with `sample`) and the wall-clock encoding time in ms per image."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    gen = torch.Generator(device).manual_seed(seed) if sample else None
     sync()
     t0 = time.perf_counter()
     with autocast(device, precision):
-        z = torch.cat([model.encode(images[i:i + batch_size].to(device)).float().cpu()
+        z = torch.cat([model.encode(images[i:i + batch_size].to(device), sample=sample, generator=gen).float().cpu()
                        for i in _batches(images, batch_size, "encode")])
     sync()
     return z, 1000 * (time.perf_counter() - t0) / max(len(images), 1)
@@ -237,23 +245,71 @@ def _dataset_id(dataset: Dataset, name: str | None, seed: int) -> str:
     return f"{base}-{hashlib.sha1(tag.encode()).hexdigest()[:8]}"
 
 
-def _generation_suite(model: DBAE, prior, train_x: Tensor, m: int, key: str, cache_dir, out: Path, sampling: Sampling,
-                      batch_size: int, device: torch.device, seed: int) -> dict[str, float]:
-    gen = torch.Generator().manual_seed(seed)
+@dataclass(frozen=True)
+class PriorBudget:
+    """The latent DDPM prior of the generation suite (§5): training steps and training images (None: all)."""
+
+    steps: int = 2000
+    images: int | None = None
+
+
+def _train_posterior(model, train: Dataset, images: int | None, seed: int, batch_size: int, device: torch.device,
+                     precision: str) -> Posterior:
+    """q(z|x0) of min(images, len) seeded-random training images (all of them for None), on the CPU."""
+    k = len(train) if images is None else min(images, len(train))
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:k]
+    with autocast(device, precision):
+        return encode_posterior(model, Subset(train, sorted(idx.tolist())), batch_size, device,
+                                progress=k > batch_size)
+
+
+def _latent_prior(model, post: Posterior, budget: PriorBudget, device: torch.device, seed: int, out: Path):
+    """The latent DDPM prior (§5) trained on the posterior (fresh draws z = μ + σ ε for a stochastic encoder),
+    with the network preset `dbae prior` picks for this model size; saved as out/prior.pt."""
+    preset = default_preset(model)
+    cfg = prior_preset(preset, latent_dim=post.mean.shape[1], steps=budget.steps, seed=seed)
+    t0 = time.perf_counter()
+    prior, history = fit_prior(post.mean, cfg, device=device, progress=budget.steps >= 1000,
+                               log_every=max(1, budget.steps // 10), sigma=post.sigma)
+    log.info("latent prior (%s preset, %d steps on %d training latents%s) in %.1f s; final loss %.4f", preset,
+             budget.steps, len(post.mean), ", posterior draws" if post.sigma is not None else "",
+             time.perf_counter() - t0, history[-1][1])
+    save_prior(out / "prior.pt", prior, budget.steps, train_latents=len(post.mean), final_loss=history[-1][1])
+    return prior
+
+
+def _sample_prior(prior, n: int, seed: int) -> Tensor:
+    """n latents from `prior.sample(n, generator=...)`, the generator seeded on the prior's device."""
+    where = getattr(prior, "mean", None)
+    gen = torch.Generator(where.device if torch.is_tensor(where) else "cpu").manual_seed(seed)
+    return prior.sample(n, generator=gen).float().cpu()
+
+
+def _generation_suite(model: DBAE, prior, train: Dataset, train_x: Tensor, m: int, key: str, cache_dir, out: Path,
+                      sampling: Sampling, batch_size: int, device: torch.device, seed: int,
+                      budget: PriorBudget) -> dict[str, float]:
+    """FID, KID, precision/recall of z ~ learned prior (`eval/*`) and of z ~ fitted Gaussian (`eval/gaussian/*`)."""
+    post = _train_posterior(model, train, budget.images, seed, batch_size, device, sampling.precision)
+    priors = {"eval/": prior if prior is not None else _latent_prior(model, post, budget, device, seed, out),
+              "eval/gaussian/": GaussianPrior(post.sample(torch.Generator().manual_seed(seed)))}
     try:
         inception = InceptionFeatures(device=device, batch_size=min(batch_size, 50))
     except InceptionUnavailable as err:
         log.warning("generation suite skipped: %s", err)
-        save_image(to_unit(_decode(model, prior.sample(16, gen), sampling, batch_size, device, "sample")),
-                   out / "samples.png", nrow=8, padding=1)
+        save_image(to_unit(_decode(model, _sample_prior(priors["eval/"], 16, seed), sampling, batch_size, device,
+                                   "sample")), out / "samples.png", nrow=8, padding=1)
         return {}
-    samples = _decode(model, prior.sample(m, gen).float(), sampling, batch_size, device, "sample")
-    save_image(to_unit(samples[:64]), out / "samples.png", nrow=8, padding=1)
     real = cached_features(key, lambda: inception(train_x[:m], progress=True), cache_dir)
-    fake = inception(samples, progress=True)
-    precision, recall = precision_recall(real, fake)
-    return {"eval/fid": fid(real, fake), "eval/kid": kid(real, fake)[0], "eval/precision": precision,
-            "eval/recall": recall}
+    metrics = {}
+    for prefix, source in priors.items():
+        samples = _decode(model, _sample_prior(source, m, seed), sampling, batch_size, device, f"sample {prefix}")
+        name = "samples.png" if prefix == "eval/" else "samples_gaussian.png"
+        save_image(to_unit(samples[:64]), out / name, nrow=8, padding=1)
+        fake = inception(samples, progress=True)
+        precision, recall = precision_recall(real, fake)
+        metrics.update({f"{prefix}fid": fid(real, fake), f"{prefix}kid": kid(real, fake)[0],
+                        f"{prefix}precision": precision, f"{prefix}recall": recall})
+    return metrics
 
 
 @contextlib.contextmanager
@@ -265,25 +321,33 @@ def _timed(suite: str):
 
 def evaluate(model: DBAE, *, train: Dataset, test: Dataset, suites: Sequence[str] = SUITES, n: int = 1000,
              out_dir: str | Path, device: str | torch.device = "cpu", sampler_steps: int = 20, sampler: str = "euler",
-             churn: float = 0.0, precision: str = "auto", batch_size: int = 64,
-             prior=None, generation_images: int | None = None, dataset_name: str | None = None,
+             churn: float = 0.0, precision: str = "auto", batch_size: int = 64, sample_z: bool = False,
+             prior_steps: int = 2000, prior_images: int | None = None, prior=None,
+             generation_images: int | None = None, dataset_name: str | None = None,
              cache_dir: str | Path | None = None, seed: int = 0) -> dict[str, float | None]:
-    """Run the suites on min(n, len) seeded-random items of each split; returns metrics and writes metrics.json."""
+    """Run the suites on min(n, len) seeded-random items of each split; returns metrics and writes metrics.json.
+
+    `sample_z`: latents are draws z ~ q(z|x0) (stochastic encoder only). `prior_steps`, `prior_images`: the budget
+    of the latent DDPM prior that the generation suite trains, unless `prior` (anything with
+    `sample(n, generator=...)`) is given.
+    """
     unknown = set(suites) - set(SUITES)
     if unknown:
         raise ValueError(f"unknown suites {sorted(unknown)}: use some of {SUITES}")
+    if sample_z and not getattr(model, "stochastic", False):
+        raise ValueError("sample_z=True needs a stochastic encoder (model.method=dbae): this encoder is deterministic")
     device, out = torch.device(device), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.to(device).eval()
     test_x, test_extra, _ = _collect(test, n, seed, batch_size)
     lab_te = label_kinds(test_extra)
     sampling = Sampling(sampler_steps, sampler, churn, precision)
-    z_te, encode_ms = _encode(model, test_x, batch_size, device, precision)
+    z_te, encode_ms = _encode(model, test_x, batch_size, device, precision, sample_z, seed)
     metrics: dict[str, float | None] = {"eval/encode_ms": encode_ms}
     if {"probe", "disentangle", "generation"} & set(suites):
         train_x, train_extra, _ = _collect(train, n, seed, batch_size)
         lab_tr = label_kinds(train_extra)
-        z_tr = _encode(model, train_x, batch_size, device, precision)[0]
+        z_tr = _encode(model, train_x, batch_size, device, precision, sample_z, seed + 1)[0]
         shared = set(lab_tr) & set(lab_te)  # label kinds both splits carry
         shared_tr, shared_te = ({k: lab[k] for k in shared} for lab in (lab_tr, lab_te))
     if "recon" in suites:
@@ -304,8 +368,8 @@ def evaluate(model: DBAE, *, train: Dataset, test: Dataset, suites: Sequence[str
         m = min(n, cap, len(train_x))
         key = cache_key(_dataset_id(train, dataset_name, seed), train_x.shape[-1], "train", m)
         with _timed("generation"):
-            metrics.update(_generation_suite(model, prior or GaussianPrior(z_tr), train_x, m, key, cache_dir, out,
-                                             sampling, batch_size, device, seed))
+            metrics.update(_generation_suite(model, prior, train, train_x, m, key, cache_dir, out, sampling,
+                                             batch_size, device, seed, PriorBudget(prior_steps, prior_images)))
     write_metrics_json(metrics, out / "metrics.json")
     log.info("evaluation of %d test items (%s):\n%s", len(test_x), ", ".join(suites), format_table(metrics))
     return metrics

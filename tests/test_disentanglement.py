@@ -86,6 +86,23 @@ def test_dci_copy_is_near_perfect_rotation_is_entangled_but_informative():
     assert dci(noise[:h], v[:h], noise[h:], v[h:])["informativeness"] < 0.05
 
 
+def test_dci_completeness_weights_each_factor_by_its_importance():
+    """disentanglement_lib: completeness = Σ_k ρ_k (1 − H_D(P_·k)), ρ_k = Σ_j R_jk / Σ R. Two factors copied into one
+    dimension each and a third the code does not carry: the third has almost no importance and barely counts (the
+    plain mean over factors would give ~2/3)."""
+    rng = np.random.default_rng(4)
+    v = rng.random((N, 3))
+    z = np.concatenate([v[:, :2], rng.normal(size=(N, 4))], 1)
+    h = N // 2
+    out = dci(z[:h], v[:h], z[h:], v[h:])
+    r = out["importance"]
+    rho = r.sum(0) / r.sum()
+    per_factor = 1 - scipy_entropy(r, base=r.shape[0])  # columns normalised by scipy
+    assert rho[2] < 0.1 and per_factor[2] < 0.8 and per_factor[:2] == pytest.approx([1.0, 1.0])
+    assert out["completeness"] == pytest.approx(float((rho * per_factor).sum()), rel=1e-9)
+    assert out["completeness"] > 0.95
+
+
 def test_shapes_factors_copied_beat_their_rotation():
     ds = ShapesDataset(size=8, length=N)
     v = ds.factors(range(N)).numpy().astype(np.float64)
@@ -121,15 +138,31 @@ def test_tad_duplicated_dimension_has_zero_gap():
     assert out["tad"] == pytest.approx(out["gap"][1:].sum())
 
 
-def test_tad_skips_attributes_explained_by_another_and_flat_dimensions():
+def test_tad_skips_attributes_explained_by_another_and_constant_dimensions():
     y = attributes()
     y = np.concatenate([y, y[:, :1]], 1)  # attribute 5 repeats attribute 0: neither is captured
     z = np.concatenate([2 * y[:, :5], np.random.default_rng(1).normal(size=(N, 3))], 1)
     out = tad(z, y)
     assert not out["captured"][0] and not out["captured"][5] and out["attrs"] == 4
-    flat = tad(0.05 * z, y[:, 1:5])  # every dimension's range is below 0.2: chance, as in the reference code
-    assert flat["attrs"] == 0 and flat["tad"] == 0.0
-    assert tad(0.05 * z, y[:, 1:5], min_range=0.0)["attrs"] == 4
+    constant = np.concatenate([z, np.full((N, 1), 3.0)], 1)  # a constant dimension is chance, never NaN
+    assert tad(constant, y)["tad"] == pytest.approx(out["tad"]) and np.all(tad(constant, y)["auroc"][:, -1] == 0.5)
+
+
+def test_tad_standardises_the_latents_so_their_scale_does_not_matter():
+    """The reference evaluation standardises the latents (StandardScaler) before TAD, so the 'range ≤ 0.2 is chance'
+    rule removes only constant dimensions: latents scaled by 0.05 (every range below 0.2) keep all four attributes,
+    whose gaps are the AUROC gaps computed with scikit-learn (best dimension 1, the next ≈ 0.5)."""
+    y = attributes()[:, :4]
+    z = np.concatenate([2 * y, np.random.default_rng(1).normal(size=(N, 3))], 1)
+    small = 0.05 * z * np.array([1, 1.5, 0.5, 2, 0.3, 0.2, 0.4])  # unequal scales per dimension
+    assert np.ptp(small, axis=0).max() <= 0.2 + 1e-12
+    out = tad(small, y)
+    auc = np.array([[max(roc_auc_score(y[:, k], z[:, j]), roc_auc_score(y[:, k], -z[:, j])) for j in range(7)]
+                    for k in range(4)])
+    top = np.sort(auc, axis=1)
+    assert out["attrs"] == 4
+    assert out["tad"] == pytest.approx(float((top[:, -1] - top[:, -2]).sum()), rel=1e-9)
+    assert tad(z, y)["tad"] == pytest.approx(out["tad"], rel=1e-12)
 
 
 def test_tad_on_shapes_attributes_copied():

@@ -50,15 +50,20 @@ def test_probe_and_manipulation_move_the_logit_linearly(normalize):
     probe = fit_probe(z if normalize else z - 3, labels, normalize=normalize)
     z = z if normalize else z - 3
     assert ((probe.logit(z) > 0).float() == labels).float().mean() > 0.95
-    w_norm = probe.weight.norm()
     scales = (-1.0, -0.5, 0.0, 0.5, 1.0)
-    logits = torch.stack([probe.logit(manipulate_latent(z[:8], probe, s)) for s in scales])
-    for s, row in zip(scales, logits):  # logit(z') = logit(z) + s·√d·‖w‖
-        torch.testing.assert_close(row, probe.logit(z[:8]) + s * math.sqrt(6) * w_norm, rtol=1e-4, atol=1e-4)
-    assert (logits.diff(dim=0) > 0).all()
-    if not normalize:  # z' = z + s·√d·w/‖w‖ literally
-        torch.testing.assert_close(manipulate_latent(z, probe, 0.5) - z, 0.5 * math.sqrt(6) * probe.weight / w_norm
-                                   * torch.ones_like(z), rtol=1e-5, atol=1e-5)
+    # §6: z' = z + s·√d·w/‖w‖ in raw z, with w = ∇_z logit, the probe's weight on raw z (w_n/std for a probe on
+    # standardised z); so logit(z') = logit(z) + s·√d·‖w‖. The standardised option moves (z − mean)/std instead.
+    w_raw = torch.func.grad(lambda v: probe.logit(v[None])[0])(z[0])
+    for standardized, w in ((False, w_raw), (True, probe.weight)):
+        logits = torch.stack([probe.logit(manipulate_latent(z[:8], probe, s, standardized)) for s in scales])
+        for s, row in zip(scales, logits):
+            torch.testing.assert_close(row, probe.logit(z[:8]) + s * math.sqrt(6) * w.norm(), rtol=1e-4, atol=1e-4)
+        assert (logits.diff(dim=0) > 0).all()
+    step = manipulate_latent(z, probe, 0.5) - z  # the default is the raw step, of length |s|·√d along w
+    torch.testing.assert_close(step, 0.5 * math.sqrt(6) * w_raw / w_raw.norm() * torch.ones_like(z), rtol=1e-5,
+                               atol=1e-5)
+    if normalize:  # unequal stds: the standardised step differs from the raw one
+        assert not torch.allclose(manipulate_latent(z, probe, 0.5, standardized=True) - z, step, atol=1e-2)
 
 
 def test_dbae_manipulation_and_interpolation_endpoints():

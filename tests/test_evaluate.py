@@ -1,5 +1,6 @@
 """The evaluation runner on an untrained tiny DBAE and a few shapes images; LPIPS loading and its formula."""
 
+import dataclasses
 import json
 import logging
 import math
@@ -16,13 +17,15 @@ from dbae_core.data import ShapesDataset
 from dbae_core.metrics import LPIPS, load_lpips
 from dbae_core.model import DBAE
 from dbae_core.presets import preset
+from dbae_platform.config import ConfigError, load_config
 from dbae_platform.evaluate import evaluate, format_table, write_metrics_json
 
 N = 8
 RECON = {"eval/encode_ms", "eval/recon_mse", "eval/psnr", "eval/ssim", "eval/lpips"}
 SHAPES_KEYS = RECON | {"eval/probe_ap", "eval/probe_r2", "eval/probe_pearson", "eval/probe_mse", "eval/mig",
                        "eval/dci", "eval/dci_completeness", "eval/dci_informativeness", "eval/tad", "eval/attrs",
-                       "eval/fid", "eval/kid", "eval/precision", "eval/recall"}
+                       "eval/fid", "eval/kid", "eval/precision", "eval/recall", "eval/gaussian/fid",
+                       "eval/gaussian/kid", "eval/gaussian/precision", "eval/gaussian/recall"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -67,6 +70,7 @@ class Relabelled(Dataset):
 
 def run(model, tmp_path, train=None, test=None, **kw):
     kw.setdefault("generation_images", N)
+    kw.setdefault("prior_steps", 20)
     return evaluate(model, train=train or ShapesDataset(size=32, length=40), test=test or ShapesDataset(
         size=32, length=20, split="test"), n=N, out_dir=tmp_path / "eval", sampler_steps=1, batch_size=8,
         cache_dir=tmp_path / "cache", **kw)
@@ -126,7 +130,8 @@ def test_class_labels_and_a_given_prior(model, tmp_path, monkeypatch):
     m = run(model, tmp_path, train=data, test=data, suites=("probe", "disentangle", "generation"), prior=prior,
             generation_images=6)
     assert set(m) == {"eval/encode_ms", "eval/probe_acc", "eval/probe_class_ap", "eval/fid", "eval/kid",
-                      "eval/precision", "eval/recall"}
+                      "eval/precision", "eval/recall", "eval/gaussian/fid", "eval/gaussian/kid",
+                      "eval/gaussian/precision", "eval/gaussian/recall"}
     assert prior.calls == [6] and 0 <= m["eval/probe_acc"] <= 1 and 0 < m["eval/probe_class_ap"] <= 1
     with pytest.raises(ValueError, match="unknown suites"):
         run(model, tmp_path, suites=("recon", "fidelity"))
@@ -206,3 +211,73 @@ def test_sampler_and_churn_reach_the_bridge_sampler(model, tmp_path, monkeypatch
     assert set(spent) == {2}  # Heun + churn spends 3N − 1 = 2 NFE for N = 1 (one churn step, one Euler step)
     assert heun["eval/recon_mse"] != euler["eval/recon_mse"]
     assert heun["eval/recon_mse"] == heun2["eval/recon_mse"]  # the churn noise is seeded
+
+
+def stochastic_model():
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    return DBAE(cfg.replace(encoder=dataclasses.replace(cfg.encoder, stochastic=True))).eval()
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_generation_metrics_are_of_the_latent_prior_trained_in_the_evaluation(stochastic, tmp_path, monkeypatch):
+    """§5's protocol: eval/fid, eval/kid, eval/precision, eval/recall are of z ~ the latent DDPM prior, trained within
+    the evaluation for prior_steps steps on the training latents (for the stochastic encoder: posterior draws, so
+    fit_prior gets σ); then z → Dec → bridge. The Gaussian fitted to one posterior draw per training image is reported
+    apart, as eval/gaussian/*: z = mean + std · ε with the per-dimension mean and (unbiased) std."""
+    monkeypatch.setattr(ev, "InceptionFeatures", FakeInception)
+    model = stochastic_model() if stochastic else DBAE(preset("tiny")).eval()
+    train = ShapesDataset(size=32, length=40)
+    fitted, decoded = [], []
+    fit, decode = ev.fit_prior, DBAE.decode
+
+    def recording_fit(latents, cfg, **kw):
+        prior, history = fit(latents, cfg, **kw)
+        fitted.append((latents, kw.get("sigma"), cfg.steps, prior))
+        return prior, history
+
+    def recording_decode(self, z, *args, **kwargs):
+        decoded.append(z.clone())
+        return decode(self, z, *args, **kwargs)
+
+    monkeypatch.setattr(ev, "fit_prior", recording_fit)
+    monkeypatch.setattr(DBAE, "decode", recording_decode)
+    monkeypatch.setattr(ev, "save_prior", lambda *a, **k: None)
+    m = run(model, tmp_path, train=train, suites=("generation",), prior_steps=7, seed=3)
+    assert set(m) == {"eval/encode_ms"} | {f"eval/{p}{k}" for p in ("", "gaussian/")
+                                           for k in ("fid", "kid", "precision", "recall")}
+    assert m["eval/fid"] != m["eval/gaussian/fid"]
+    with torch.no_grad():
+        post = model.encoder(torch.stack([train[i][0] for i in range(len(train))]))  # every training image
+    (latents, sigma, steps, prior), = fitted
+    assert steps == 7
+    torch.testing.assert_close(latents, post.mean, atol=1e-5, rtol=1e-5)
+    if stochastic:
+        torch.testing.assert_close(sigma, post.sigma, atol=1e-5, rtol=1e-5)
+    else:
+        assert sigma is None
+    ddpm_z, gauss_z = decoded  # the DDPM prior's samples, then the Gaussian's
+    torch.testing.assert_close(ddpm_z, prior.sample(N, generator=torch.Generator().manual_seed(3)))
+    g = torch.Generator().manual_seed(3)
+    draws = post.mean if not stochastic else post.mean + post.sigma * torch.randn(post.mean.shape, generator=g)
+    g = torch.Generator().manual_seed(3)
+    ref = draws.mean(0) + draws.std(0) * torch.randn(N, draws.shape[1], generator=g)
+    torch.testing.assert_close(gauss_z, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_sample_z_changes_the_numbers_of_dbae_and_is_an_error_for_dbae_d(tmp_path):
+    """eval.sample_z evaluates with z = μ + σ ε (the release's choice, §6): for the stochastic encoder the
+    reconstructions change; a deterministic encoder has nothing to sample, so config and evaluate reject it."""
+    model = stochastic_model()
+    mean = run(model, tmp_path / "mean", suites=["recon"])
+    drawn = run(model, tmp_path / "drawn", suites=["recon"], sample_z=True)
+    again = run(model, tmp_path / "again", suites=["recon"], sample_z=True)
+    assert drawn["eval/recon_mse"] != mean["eval/recon_mse"] and drawn["eval/ssim"] != mean["eval/ssim"]
+    assert again["eval/recon_mse"] == drawn["eval/recon_mse"]  # seeded draws
+    with pytest.raises(ValueError, match="sample_z=True needs a stochastic encoder"):
+        run(DBAE(preset("tiny")).eval(), tmp_path / "d", suites=["recon"], sample_z=True)
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny", ["eval.sample_z=true"])
+    assert "eval.sample_z=true is invalid: allowed is false with model.method=dbae_d" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert load_config("tiny", ["eval.sample_z=true", "model.method=dbae"]).eval.sample_z

@@ -97,7 +97,7 @@ def test_manipulation_moves_the_probe_logit_monotonically(trained, test_images, 
     images, _, attributes = ShapesDataset(size=SIZE, length=512).render(list(range(512)))
     k = ATTRIBUTE_NAMES.index("warm_fg")
     probe = fit_probe(model.encode(images), attributes[:, k])
-    scales = (-1.0, -0.5, 0.0, 0.5, 1.0)
+    scales = (-0.2, -0.1, 0.0, 0.1, 0.2)  # raw-z steps s·√d·w/‖w‖ (§6): ±1 saturates this model's logit
     edited = manipulate(model, test_images, probe, scales, steps=10, keep_endpoint=keep_endpoint)
     logits = torch.stack([probe.logit(model.encode(e)) for e in edited])  # (scales, images): re-encoded
     log.info("keep_endpoint=%s mean re-encoded logit per s: %s", keep_endpoint, logits.mean(1).tolist())

@@ -173,3 +173,29 @@ def test_second_stage_encode_train_generate(method):
     prior, _ = fit_prior(z, prior_preset("tiny", latent_dim=8, width=16, depth=2, steps=3), progress=False)
     x, nfe = generate(model, prior, 2, steps=2, prior_steps=3, generator=torch.Generator().manual_seed(0))
     assert x.shape == (2, 3, 32, 32) and nfe == 2 and torch.isfinite(x).all()
+
+
+def test_prior_of_a_stochastic_encoder_trains_on_fresh_posterior_draws(monkeypatch):
+    """The decoder trained on z = μ + σ ε, so the prior must too (§5): with σ given, every training batch is a fresh
+    draw from q(z|x0), whose moments are mean(μ) and var(μ) + σ² per dimension, and the normaliser is the same
+    aggregate posterior's. Dimension 1 has μ ≡ 0: trained on the means it would see only zeros."""
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(200, 3, generator=g) * torch.tensor([1.0, 0.0, 2.0]) + torch.tensor([0.0, 0.0, 3.0])
+    sigma = torch.tensor([1.0, 2.0, 0.5]).expand(200, 3)
+    seen, loss = [], LatentPrior.loss
+
+    def recording(self, z, generator=None):
+        seen.append(z.detach().clone())
+        return loss(self, z, generator)
+
+    monkeypatch.setattr(LatentPrior, "loss", recording)
+    cfg = prior_preset("tiny", latent_dim=3, width=16, depth=2, steps=40, batch_size=200)
+    prior, _ = fit_prior(mu, cfg, progress=False, sigma=sigma)
+    draws = torch.cat(seen).double()  # 40 passes over all 200 rows: 8000 draws
+    expected_var = mu.double().var(0, correction=0) + sigma[0].double() ** 2  # var(μ) + σ², the total variance
+    torch.testing.assert_close(draws.mean(0), mu.double().mean(0), atol=0.08, rtol=0)  # se ≤ 0.025
+    torch.testing.assert_close(draws.var(0), expected_var, rtol=0.06, atol=0)  # se ≈ 1.6 %
+    assert not torch.equal(seen[0].sort(0).values, seen[1].sort(0).values)  # a fresh draw at every step
+    torch.testing.assert_close(prior.std.double(), (mu.double().var(0) + sigma[0].double() ** 2).sqrt(), rtol=1e-5,
+                               atol=0)
+    torch.testing.assert_close(prior.mean, mu.mean(0))

@@ -6,9 +6,11 @@ import math
 import pytest
 import torch
 
+from dbae_core.editing import decode_from_endpoint
 from dbae_core.model import DBAE, DBAEConfig
 from dbae_core.objectives import ConfigurationError
 from dbae_core.presets import PRESETS, preset
+from dbae_core.samplers import sample_bridge
 
 
 def tiny(stochastic: bool = False, **changes) -> DBAEConfig:
@@ -99,3 +101,67 @@ def test_reconstruct_and_interpolate_shapes_and_endpoints():
 def test_config_round_trip_through_dict():
     for cfg in PRESETS.values():
         assert DBAEConfig.from_dict(dataclasses.asdict(cfg)) == cfg
+
+
+def test_decoded_images_are_the_sampler_output_clamped_to_the_data_range():
+    """The release clamps the sampler's final x to [−1, 1]; with churn noise the raw output leaves that range."""
+    torch.manual_seed(0)
+    model = DBAE(tiny()).eval()
+    z = torch.randn(2, model.cfg.latent_dim, generator=torch.Generator().manual_seed(1))
+    x_T = model.endpoint(z).detach()
+
+    def denoiser(x, t):  # D_θ clamped to [−1, 1] (§3), written out from the pieces
+        return model.denoise(x, t, x_T, z, clamp=True).detach()
+
+    raw, _ = sample_bridge(denoiser, x_T, model.bridge, 3, churn=0.5, generator=torch.Generator().manual_seed(2))
+    assert raw.abs().max() > 1.01  # the unclamped trajectory overshoots
+    x, nfe = model.decode(z, steps=3, churn=0.5, generator=torch.Generator().manual_seed(2))
+    assert nfe == 6 and x.abs().max() <= 1.0
+    torch.testing.assert_close(x, raw.clamp(-1.0, 1.0), atol=1e-5, rtol=0)
+    end, _ = decode_from_endpoint(model, z, x_T, 3, churn=0.5, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(end, raw.clamp(-1.0, 1.0), atol=1e-5, rtol=0)
+
+
+def closed_form_coefficients(sde, t):
+    """(a_t, b_t, c_t) of dbae-method.md §2 for the default VP (β_min 0.1, β_d 2, T 1) and VE (T 80) bridges."""
+    if sde == "ve":
+        return t * t / 6400, 1 - t * t / 6400, t * t * (1 - t * t / 6400)
+    u = lambda s: 0.1 * s + s * s  # noqa: E731  ∫₀ˢ β
+    alpha, alpha_T = torch.exp(-u(t) / 2), math.exp(-u(1.0) / 2)
+    r = torch.expm1(u(t)) / math.expm1(u(1.0))  # SNR_T / SNR_t
+    return r * alpha / alpha_T, alpha * (1 - r), (1 - alpha * alpha) * (1 - r)
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+@pytest.mark.parametrize("sde", ["vp", "ve"])
+def test_dbae_loss_is_the_weighted_bridge_score_matching_with_the_drawn_t_and_noise(stochastic, sde):
+    """§5 recomputed from the formulas: z = μ + σ ε_z, x_T = Dec(z), t ~ U[t_min, T], x_t = a x_T + b x0 + √c ε,
+    D = c_skip x_t + c_out F(c_in x_t, 250 ln t, x_T, z) (§3, σ0 = σT = 0.5, cov 0), λ = 1/c_out², and
+    L = mean_batch λ · mean_pixels (D − x0)² − w · mean_batch (1/d) Σ_j log σ_j."""
+    torch.manual_seed(0)
+    w = 0.3 if stochastic else 0.0
+    model = DBAE(tiny(stochastic, sde=sde, entropy_weight=w))
+    for name, p in model.unet.named_parameters():  # give F_θ a non-zero output (ADM zero-initialises it)
+        if name.endswith(("out_conv.weight", "proj.weight")):
+            torch.nn.init.normal_(p, std=0.02)
+    x0 = images(4)
+    out = model.loss(x0, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)  # the same draws, in the loss's order: ε_z, u, ε
+    with torch.no_grad():
+        post = model.encoder(x0)
+        z = post.mean + post.sigma * torch.randn(post.mean.shape, generator=g) if stochastic else post.mean
+        x_T = model.decoder(z)
+        t_min, T = (1e-4, 1.0) if sde == "vp" else (2e-3, 80.0)
+        t = (t_min + (T - t_min) * torch.rand(4, generator=g)).double()
+        eps = torch.randn(x0.shape, generator=g)
+        a, b, c = closed_form_coefficients(sde, t)
+        A = 0.25 * a * a + 0.25 * b * b + c
+        c_skip, c_out, c_in = 0.25 * b / A, (0.0625 * a * a + 0.25 * c).sqrt() / A.sqrt(), A.rsqrt()
+        col = lambda v: v.float()[:, None, None, None]  # noqa: E731
+        x_t = col(a) * x_T + col(b) * x0 + col(c.sqrt()) * eps
+        d = col(c_skip) * x_t + col(c_out) * model.unet(col(c_in) * x_t, (250 * t.log()).float(), x_T, z)
+        bridge = ((d - x0).square().mean(dim=(1, 2, 3)).double() / c_out ** 2).mean().item()
+        entropy = post.sigma.log().mean().item() if stochastic else 0.0
+    assert out.loss_bridge.item() == pytest.approx(bridge, rel=1e-4)
+    assert out.entropy.item() == pytest.approx(entropy, rel=1e-5, abs=1e-7)
+    assert out.loss.item() == pytest.approx(bridge - w * entropy, rel=1e-4)

@@ -5,7 +5,11 @@ import pytest
 import torch
 
 from dbae_core.bridges import make_bridge
+from dbae_core.model import DBAE
+from dbae_core.objectives import ConfigurationError
 from dbae_core.preconditioning import BridgePrecond, make_precond
+from dbae_core.presets import preset
+from dbae_platform.config import ConfigError, load_config
 
 
 @pytest.mark.parametrize("kind", ["vp", "ve"])
@@ -54,3 +58,19 @@ def test_invalid_settings_rejected():
         BridgePrecond(0.5, 0.5, cov=0.3)
     with pytest.raises(ValueError, match="unknown preconditioning"):
         make_precond("edm2")
+
+
+def test_zero_endpoint_std_is_rejected_in_one_line_naming_the_key_and_the_fix():
+    """σT = 0 leaves A = a²σT² + b²σ0² + c → 0 as t → T, so c_in = A^(−1/2) blows up (issue 18, item 10)."""
+    bridge = make_bridge("vp")
+    a, b, c = bridge.coefficients(torch.tensor([bridge.T - 1e-6], dtype=torch.float64))
+    assert (a * a * 0.0 + b * b * 0.25 + c).rsqrt().item() > 500  # the blow-up the check prevents, from §3's formula
+    for bad in (0.0, -0.5):
+        with pytest.raises(ValueError) as err:
+            BridgePrecond(0.5, bad)
+        assert f"sigma_data_end={bad} is invalid" in str(err.value) and "0.5" in str(err.value)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ConfigurationError, match="sigma_data_end=0.0 is invalid"):
+        DBAE(preset("tiny", sigma_data_end=0.0))
+    with pytest.raises(ConfigError, match=r"objective.sigma_data_end=0.0 is invalid.*e.g. 0.5"):
+        load_config("tiny", ["objective.sigma_data_end=0"])

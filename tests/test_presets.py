@@ -42,3 +42,20 @@ def test_decoder_output_sizes(size):
 def test_decoder_rejects_other_sizes():
     with pytest.raises(ValueError, match="image_size must be one of"):
         Decoder(DecoderConfig(image_size=48), latent_dim=16)
+
+
+def test_paper_presets_follow_the_release_training_and_the_preset_sets_the_prior_budget():
+    """The release (ddbm/train_util.py) never clips gradients: celeba64/ffhq128 do not either, while clipping stays a
+    setting (its default is 1.0). The latent prior behind eval/fid trains at the preset's budget: long on the paper
+    presets (all training latents), a few hundred steps on the CPU presets."""
+    from dbae_core.training import TrainConfig
+    from dbae_platform.config import load_config
+
+    assert TrainConfig().grad_clip == 1.0
+    for name in ("celeba64", "ffhq128"):
+        cfg = load_config(name, ["data.dataset=shapes", "data.flip=false"])
+        assert cfg.train.grad_clip == 0.0
+        assert cfg.eval.prior_steps >= 50_000 and cfg.eval.prior_images is None
+    for name in ("tiny", "repro_shapes32", "repro_fashion32"):
+        cfg = load_config(name, ["data.dataset=shapes", "data.flip=false"])
+        assert cfg.train.grad_clip == 1.0 and cfg.eval.prior_steps <= 500 and cfg.eval.prior_images <= 2000
