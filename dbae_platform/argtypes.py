@@ -1,22 +1,148 @@
-"""argparse value types shared by the `dbae` commands."""
+"""argparse value types shared by the `dbae` commands: every number is range-checked and every path is checked for
+what the command does with it (reads a file, writes into a directory) while the arguments are parsed, so bad input
+is one line and exit code 2 before anything starts.
+
+Each type carries a `kind` (e.g. "port", "output directory"): tests feed every argument bad values by its kind.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-__all__ = ["positive"]
+__all__ = ["positive", "at_least", "port", "seed", "name", "host", "existing_path", "existing_file",
+           "existing_dir", "directory", "output_file", "directory_or_uri", "blocking_file"]
 
 _NOUNS = {int: "an integer", float: "a number"}
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
+_HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
+                   r"[A-Za-z0-9])?)*$|^[0-9A-Fa-f:.]+$")
 
 
-def positive(kind):
-    """An argparse type: `kind` (int or float) parsed from text and required to be > 0."""
+def _kind(kind: str) -> Callable[[Callable[[str], Any]], Callable[[str], Any]]:
+    def mark(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+        parse.kind = kind  # type: ignore[attr-defined]
+        return parse
+    return mark
+
+
+def _number(text: str, kind: type) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {_NOUNS[kind]}") from None
+
+
+def at_least(kind: type, low: float, high: float | None = None):
+    """An argparse type: `kind` (int or float) parsed from text, in [low, high] (high: no upper bound when None)."""
+    @_kind(f"{kind.__name__} >= {low}" + ("" if high is None else f" <= {high}"))
     def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {_NOUNS[kind]}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text} must be > 0")
+        value = _number(text, kind)
+        if not value >= low or (high is not None and value > high):  # `not >=` also rejects nan
+            allowed = f">= {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: pass a value {allowed}")
+        return value
+    parse.low, parse.high = low, high  # type: ignore[attr-defined]
+    return parse
+
+
+def positive(kind: type):
+    """An argparse type: `kind` (int or float) parsed from text and required to be > 0."""
+    @_kind(f"positive {kind.__name__}")
+    def parse(text: str):
+        value = _number(text, kind)
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text} must be > 0: pass a positive {kind.__name__}")
         return value
     return parse
+
+
+port = _kind("port")(at_least(int, 1, 65535))
+seed = _kind("seed")(at_least(int, 0, SEED_MAX))
+
+
+@_kind("name")
+def name(text: str) -> str:
+    """A run or sweep name: non-empty, no '/' (it names directories and MLflow experiments), no surrounding spaces."""
+    if not text or "/" in text or text.strip() != text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a name: use letters, digits, '-', '_' or '.', no '/'")
+    return text
+
+
+@_kind("host")
+def host(text: str) -> str:
+    """A host name or IP address (checked for its form only: no network lookup)."""
+    if not _HOST.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a host name or IP address: pass e.g. 127.0.0.1")
+    return text
+
+
+def blocking_file(path: Path) -> Path | None:
+    """The first existing part of `path` (itself or a parent) that is not a directory, or None."""
+    for part in [path, *path.parents]:
+        if part.exists() or part.is_symlink():
+            return None if part.is_dir() else part
+    return None
+
+
+@_kind("input path")
+def existing_path(text: str) -> Path:
+    """A file or directory that must exist (read by the command)."""
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text} does not exist: pass an existing file or directory")
+    return path
+
+
+@_kind("input file")
+def existing_file(text: str) -> Path:
+    """A file that must exist (read by the command)."""
+    path = Path(text).expanduser()
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise argparse.ArgumentTypeError(f"{text} {what}: pass an existing file")
+    return path
+
+
+@_kind("input directory")
+def existing_dir(text: str) -> Path:
+    """A directory that must exist (read by the command)."""
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        what = "is a file" if path.exists() else "does not exist"
+        raise argparse.ArgumentTypeError(f"{text} {what}: pass an existing directory")
+    return path
+
+
+@_kind("output directory")
+def directory(text: str) -> Path:
+    """A directory the command writes into: it may not exist yet, but it (or a parent) must not be a file."""
+    path = Path(text).expanduser()
+    blocker = blocking_file(path)
+    if blocker is not None:
+        raise argparse.ArgumentTypeError(f"{text} cannot be a directory: {blocker} is a file; pass a directory path")
+    return path
+
+
+@_kind("output file")
+def output_file(text: str) -> Path:
+    """A file the command writes: it must not be a directory, and no parent may be a file."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory: pass a file path (e.g. {path / 'results.md'})")
+    blocker = blocking_file(path.parent)
+    if blocker is not None:
+        raise argparse.ArgumentTypeError(f"{text} cannot be written: {blocker} is a file, not a directory")
+    return path
+
+
+@_kind("output directory or URI")
+def directory_or_uri(text: str) -> str:
+    """An output directory, or a filesystem URI (s3://..., gs://...) passed on unchecked."""
+    if "://" in text:
+        return text
+    directory(text)
+    return text

@@ -1,6 +1,8 @@
 """The `dbae` command line: train, eval, sweep, table, report, ui, prior, generate, interpolate, manipulate, data, demo.
 
-Exit 0 on success, 2 on bad input (one line, no traceback), 1 when training diverges.
+Exit 0 on success, 2 on bad input (one line, no traceback), 1 when training diverges. Bad input includes what a
+library reports about it: MLflow errors, OS errors on the paths given, unreadable checkpoints, and configuration
+errors that Ray wraps on their way back from a worker. DBAE_DEBUG=1 prints the traceback as well.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from dbae_core.checkpoint import CheckpointError
 from dbae_core.objectives import ConfigurationError
 from dbae_core.training import NonFiniteLossError
 from dbae_platform import commands, generate
-from dbae_platform.argtypes import positive
+from dbae_platform.argtypes import directory, positive, seed
+from dbae_platform.config import ConfigError
+from dbae_platform.tracking import IncompleteLogError
+from dbae_platform.tune import SweepFailed
 
 log = logging.getLogger("dbae")
 
@@ -37,13 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train the tiny preset on built-in shapes data and print reconstruction metrics",
                           description="Train the tiny preset on the built-in shapes data (CPU: a few minutes) and "
                                       "print reconstruction metrics. Rerun to resume.")
-    demo.add_argument("--run-dir", type=Path, default=Path("runs/demo"), help="checkpoints go here (default runs/demo)")
+    demo.add_argument("--run-dir", type=directory, default=Path("runs/demo"),
+                      help="checkpoints go here (default runs/demo)")
     demo.add_argument("--steps", type=positive(int), default=500, help="optimizer steps (default 500)")
     demo.add_argument("--batch-size", type=positive(int), default=16)
     demo.add_argument("--eval-images", type=positive(int), default=64)
     demo.add_argument("--sampler-steps", type=positive(int), default=20, help="Euler ODE steps for reconstruction")
     demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=seed, default=0)
     commands.add_train(sub)
     commands.add_eval(sub)
     commands.add_ui(sub)
@@ -76,6 +82,72 @@ def _dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
+# Raised by the command itself (or by a library on a path or value the user gave): bad input.
+_BAD_INPUT = (UsageError, ConfigurationError, CheckpointError, ValueError, OSError, LookupError,
+              commands.TrackingError)
+# Found inside another error (Ray's wrappers of a worker's exception): bad input only when it is one of ours.
+_WRAPPED_BAD_INPUT = (UsageError, ConfigError, ConfigurationError, CheckpointError, commands.TrackingError)
+
+
+def _wrapped(err: BaseException) -> list[BaseException]:
+    """The errors `err` wraps: its cause (`raise ... from`), a RayTaskError's cause, Ray Train's worker/controller
+    failures. Not its context: an error raised while handling another is not that other one."""
+    inner = [err.__cause__, getattr(err, "cause", None), getattr(err, "controller_failure", None)]
+    failures = getattr(err, "worker_failures", None)
+    if isinstance(failures, dict):
+        inner += list(failures.values())
+    return [e for e in inner if isinstance(e, BaseException)]
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    """`err` and everything it wraps, outermost first."""
+    seen: list[BaseException] = []
+    todo = [err]
+    while todo:
+        e = todo.pop(0)
+        if all(e is not s for s in seen):
+            seen.append(e)
+            todo += _wrapped(e)
+    return seen
+
+
+def _is_mlflow_error(err: BaseException) -> bool:
+    exceptions = sys.modules.get("mlflow.exceptions")  # mlflow raised it, so it is imported
+    return exceptions is not None and isinstance(err, exceptions.MlflowException)
+
+
+def _os_message(err: OSError) -> str:
+    if err.filename is None or err.strerror is None:  # one of ours: a full sentence already
+        return str(err)
+    target = f" -> {err.filename2}" if err.filename2 else ""
+    return f"{err.filename}{target}: {err.strerror}: check the path (a file where a directory belongs, or the " \
+           "reverse?) and its permissions"
+
+
+def _mlflow_message(err: BaseException) -> str:
+    first = (getattr(err, "message", None) or str(err)).strip().splitlines()[0][:300]
+    return f"MLflow: {first}: check the tracking URI (--tracking-uri, $MLFLOW_TRACKING_URI) and the names passed"
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, OSError):
+        return _os_message(err)
+    if _is_mlflow_error(err):
+        return _mlflow_message(err)
+    text = " ".join(str(err).split())  # one line whatever the library put in it
+    return text or type(err).__name__
+
+
+def bad_input_message(err: BaseException) -> str | None:
+    """The one line to print when `err` is bad input (itself, or one of ours that it wraps), else None (a bug)."""
+    if isinstance(err, _BAD_INPUT) or _is_mlflow_error(err):
+        return _message(err)
+    for inner in _chain(err)[1:]:
+        if isinstance(inner, _WRAPPED_BAD_INPUT) or _is_mlflow_error(inner):
+            return _message(getattr(inner, "cause", None) or inner)
+    return None
+
+
 def guarded(run, parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Parse argv, set up logging and call run(args): 0 on success, 2 on bad input (one line), 1 on divergence."""
     prog = parser.prog
@@ -88,18 +160,22 @@ def guarded(run, parser: argparse.ArgumentParser, argv: list[str] | None = None)
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return run(args) or 0
-    except (UsageError, ConfigurationError, CheckpointError, ValueError, FileNotFoundError, LookupError,
-            commands.TrackingError) as err:
-        if os.environ.get("DBAE_DEBUG"):  # the one line hides where it came from; DBAE_DEBUG=1 shows it
+    except (NonFiniteLossError, SweepFailed, IncompleteLogError) as err:  # a run failed: one line, exit 1
+        if os.environ.get("DBAE_DEBUG"):
             traceback.print_exc()
-        sys.stderr.write(f"{prog}: error: {err}\n")
-        return 2
-    except NonFiniteLossError as err:
         sys.stderr.write(f"{prog}: error: {err}\n")
         return 1
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted; rerun the same command (sweeps: with --resume) to continue\n")
         return 130
+    except Exception as err:
+        message = bad_input_message(err)
+        if message is None:  # a bug: the traceback is what helps
+            raise
+        if os.environ.get("DBAE_DEBUG"):  # the one line hides where it came from; DBAE_DEBUG=1 shows it
+            traceback.print_exc()
+        sys.stderr.write(f"{prog}: error: {message}\n")
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

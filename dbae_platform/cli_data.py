@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
-from dbae_platform.argtypes import positive
+from dbae_platform.argtypes import at_least, directory_or_uri, positive
 
 log = logging.getLogger("dbae.data")
 
@@ -41,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     "split, count) and row groups of ~8 MiB for streaming.")
     prepare.add_argument("--dataset", required=True, choices=names, metavar="NAME",
                          help=f"dataset to read: {', '.join(names)}")
-    prepare.add_argument("--out", required=True, metavar="DIR",
+    prepare.add_argument("--out", required=True, metavar="DIR", type=directory_or_uri,
                          help="output folder or pyarrow filesystem URI (s3://..., gs://...)")
     prepare.add_argument("--root", metavar="DIR", help="the dataset's folder on disk (not needed for shapes; "
                                                        "fashion_mnist defaults to the Debian package's folder)")
@@ -55,7 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     prepare.add_argument("--row-group-rows", type=positive(int), metavar="N",
                          help="images per row group (default: ~8 MiB of PNG data per row group)")
     prepare.add_argument("--limit", type=positive(int), metavar="N", help="write only the first N images per split")
-    prepare.add_argument("--workers", type=int, default=0, metavar="N",
+    prepare.add_argument("--workers", type=at_least(int, 0), default=0, metavar="N",
                          help="DataLoader processes that load and encode images (default 0: in this process)")
     prepare.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                          help="loader option, repeatable (e.g. crop=center for celeba, length=5000 for shapes)")
@@ -81,6 +82,8 @@ def prepare(args: argparse.Namespace) -> list[str]:
 
     if args.workers < 0:
         raise ValueError(f"--workers {args.workers} is invalid: expected an int >= 0")
+    if args.root and "://" not in args.root and not Path(args.root).expanduser().is_dir():
+        raise FileNotFoundError(f"--root {args.root} is not a directory: pass the folder holding the dataset's files")
     options = dict(args.option)
     if "flip" in options:
         raise ValueError("--option flip=... is not allowed: shards store unflipped images; flip when reading "

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dbae_platform.argtypes import positive
+from dbae_platform.argtypes import directory, existing_file, existing_path, host, output_file, port, positive
 from dbae_platform.storage import default_storage_path
 from dbae_platform.tracking import TrackingError
 
@@ -39,14 +39,14 @@ def add_eval(sub) -> None:
                        description="Evaluate the EMA weights of CHECKPOINT (a Ray Train checkpoint directory, its "
                                    "state.pt, or a step_<N>.pt file) on the run's dataset. Writes metrics.json and "
                                    "image grids beside the checkpoint (or in --out) and prints a table.")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", type=Path)
+    p.add_argument("checkpoint", metavar="CHECKPOINT", type=existing_path)
     p.add_argument("--suite", default=None, help="comma-separated suites from recon,probe,disentangle,generation "
                                                  "(default: the run's eval.suites)")
     p.add_argument("--n", type=positive(int), default=None, help="held-out images per suite (default: eval.n)")
     p.add_argument("--sampler-steps", type=positive(int), default=None)
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
                    help="override the run's config, e.g. --set data.root=/data/celeba")
-    p.add_argument("--out", type=Path, default=None, help="output directory (default: beside the checkpoint)")
+    p.add_argument("--out", type=directory, default=None, help="output directory (default: beside the checkpoint)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
 
@@ -54,9 +54,9 @@ def add_ui(sub) -> None:
     p = sub.add_parser("ui", help="serve the MLflow UI for the embedded store on 127.0.0.1",
                        description="Serve the MLflow UI of the embedded store (sqlite:///RUNS/mlflow.db) on "
                                    "127.0.0.1 with one worker and job execution off. Ctrl-C stops it.")
-    p.add_argument("--port", type=positive(int), default=5000)
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    p.add_argument("--runs-dir", type=Path, default=Path(default_storage_path()),
+    p.add_argument("--port", type=port, default=5000, help="TCP port, 1-65535 (default 5000)")
+    p.add_argument("--host", type=host, default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--runs-dir", type=directory, default=Path(default_storage_path()),
                    help="where the embedded store lives (default $DBAE_STORAGE_PATH, else runs)")
 
 
@@ -66,7 +66,7 @@ def add_sweep(sub) -> None:
                        description="Run the study in STUDY.yaml (keys: name, preset, space, search, metric, mode, "
                                    "num_samples, seeds, overrides, asha, max_concurrent_trials; see sweeps/*.yaml). "
                                    "Ends with the ablation table.")
-    p.add_argument("study", metavar="STUDY.yaml", type=Path)
+    p.add_argument("study", metavar="STUDY.yaml", type=existing_file)
     add_study_flags(p)
 
 
@@ -79,7 +79,7 @@ def add_table(sub) -> None:
     p.add_argument("--parent-run", metavar="RUN_ID", help="a given sweep's parent run (default: the newest)")
     _add_store_flags(p)
     p.add_argument("--format", choices=("md", "csv"), default="md")
-    p.add_argument("--out", type=Path, help="also write ablation.md/.csv/.parquet and the plots here")
+    p.add_argument("--out", type=directory, help="also write ablation.md/.csv/.parquet and the plots here")
 
 
 def add_report(sub) -> None:
@@ -89,25 +89,42 @@ def add_report(sub) -> None:
                                    "a check of each of the paper's claims, and the ablation tables with plots. "
                                    "Pictures go to a folder named after the document.")
     _add_store_flags(p)
-    p.add_argument("--out", type=Path, default=Path("docs/results.md"), help="the document (default docs/results.md)")
+    p.add_argument("--out", type=output_file, default=Path("docs/results.md"),
+                   help="the document (default docs/results.md)")
     p.add_argument("--include-smoke", action="store_true", help="also report the sweeps run with --smoke")
 
 
 def _add_store_flags(p: argparse.ArgumentParser) -> None:
     """--tracking-uri and --runs-dir: the MLflow store a command reads."""
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (overrides MLFLOW_TRACKING_URI)")
-    p.add_argument("--runs-dir", type=Path, default=Path(default_storage_path()),
+    p.add_argument("--runs-dir", type=directory, default=Path(default_storage_path()),
                    help="where the embedded store lives (default $DBAE_STORAGE_PATH, else runs)")
 
 
 def _store_uri(args: argparse.Namespace) -> str:
-    """The tracking URI of --tracking-uri / $MLFLOW_TRACKING_URI / --runs-dir; a missing embedded store is bad input."""
-    from dbae_platform.tracking import resolve_uri
+    """The tracking URI of --tracking-uri / $MLFLOW_TRACKING_URI / --runs-dir; a missing or unusable store is bad
+    input."""
+    from dbae_platform.tracking import check_reachable, resolve_uri
     uri = resolve_uri(args.tracking_uri, None, args.runs_dir.expanduser().resolve())
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise FileNotFoundError(f"no MLflow store at {uri.removeprefix('sqlite:///')}: pass --runs-dir or "
                                 "--tracking-uri of the sweeps")
+    check_reachable(uri)
     return uri
+
+
+def _check_parent_run(uri: str, run_id: str | None) -> None:
+    """--parent-run names a run in the store (one line otherwise, not MLflow's traceback)."""
+    if run_id is None:
+        return
+    from mlflow.exceptions import MlflowException
+
+    from dbae_platform.tracking import mlflow_client
+    try:
+        mlflow_client(uri).get_run(run_id)
+    except MlflowException:
+        raise LookupError(f"--parent-run {run_id} is not a run in the MLflow store {uri}: pass a sweep's parent run "
+                          "id (see the MLflow UI), or leave it out for the newest sweep") from None
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -127,6 +144,7 @@ def _sweep(args: argparse.Namespace) -> int:
 def _table(args: argparse.Namespace) -> int:
     from dbae_platform import ablation
     uri = _store_uri(args)
+    _check_parent_run(uri, args.parent_run)
     table, swept, parent = ablation.table_from_mlflow(uri, args.experiment, args.parent_run, include_unfinished=True)
     if args.format == "csv":
         import io
@@ -204,7 +222,8 @@ def _eval(args: argparse.Namespace) -> int:
     metrics = evaluate(model, train=train, test=test, suites=suites, n=args.n or cfg.eval.n, out_dir=out,
                        device=device, sampler_steps=args.sampler_steps or cfg.eval.sampler_steps,
                        sampler=cfg.eval.sampler, churn=cfg.eval.churn, precision=cfg.eval.precision,
-                       batch_size=cfg.eval.batch_size)
+                       batch_size=cfg.eval.batch_size, sample_z=cfg.eval.sample_z,
+                       prior_steps=cfg.eval.prior_steps, prior_images=cfg.eval.prior_images)
     write_metrics_json(metrics, out / "metrics.json")
     sys.stdout.write(format_table(metrics) + "\n")
     log.info("metrics and image grids in %s", out)
@@ -217,9 +236,14 @@ def _ui(args: argparse.Namespace) -> int:
     db = runs / "mlflow.db"
     if not db.is_file():
         raise ConfigError(f"no MLflow store at {db}: train something first (dbae train tiny) or pass --runs-dir")
-    with socket.socket() as s:
-        if s.connect_ex((args.host, args.port)) == 0:
-            raise ConfigError(f"port {args.port} on {args.host} is already in use: pass --port with a free one")
+    try:
+        with socket.socket() as s:
+            in_use = s.connect_ex((args.host, args.port)) == 0
+    except OSError as err:  # an unknown host name
+        raise ConfigError(f"--host {args.host} cannot be used ({err}): pass a local address such as 127.0.0.1") \
+            from None
+    if in_use:
+        raise ConfigError(f"port {args.port} on {args.host} is already in use: pass --port with a free one")
     mlflow = shutil.which("mlflow", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
     if mlflow is None:
         raise ConfigError("the mlflow command is not installed in this environment: run `make install`")

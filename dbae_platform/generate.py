@@ -24,25 +24,41 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from dbae_core.editing import fit_probe, manipulate, manipulate_latent, save_grid, save_strip
-from dbae_core.latent_prior import LatentPrior, encode_dataset, fit_prior, load_prior, prior_preset, save_prior
-from dbae_platform.argtypes import positive
+from dbae_core.latent_prior import (
+    SMALL_MODEL,
+    LatentPrior,
+    encode_posterior,
+    fit_prior,
+    load_prior,
+    prior_preset,
+    save_prior,
+)
+from dbae_platform.argtypes import at_least, directory, output_file, positive, seed
 from dbae_platform.commands import resolve_checkpoint
 from dbae_platform.config import Config, ConfigError
 
-__all__ = ["add_parsers", "HANDLERS", "SMALL_MODEL"]
+__all__ = ["add_parsers", "HANDLERS"]
 
 log = logging.getLogger(__name__)
 
-SMALL_MODEL = 10_000_000  # parameters: below this `dbae prior` defaults to the tiny prior preset, else the paper's
 GAUSSIAN_IMAGES = 5000  # training images encoded to fit `generate --gaussian`
 GRID_ROW = 8  # samples per row of samples.png
 
 
 # -- parsers -------------------------------------------------------------------------------------------
-def _checkpoint_args(p: argparse.ArgumentParser, out_default: str) -> None:
+def _prior_out(text: str) -> Path:
+    """`dbae prior --out`: a .pt file, or a directory to hold prior.pt."""
+    return output_file(text) if text.endswith(".pt") else directory(text)
+
+
+_prior_out.kind = "output file or directory"  # type: ignore[attr-defined]
+
+
+def _checkpoint_args(p: argparse.ArgumentParser, out_default: str, out_type=directory) -> None:
+    # CHECKPOINT is checked by _load_run, first thing: a missing one says what a checkpoint directory holds
     p.add_argument("checkpoint", metavar="CHECKPOINT", type=Path,
                    help="checkpoint directory written by dbae train (holds state.pt and config.yaml)")
-    p.add_argument("--out", type=Path, default=None, help=f"output directory (default: {out_default})")
+    p.add_argument("--out", type=out_type, default=None, help=f"output directory (default: {out_default})")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
                    help="override the run's config, e.g. --set data.root=/data/celeba")
@@ -61,7 +77,7 @@ def add_parsers(sub) -> None:
                        description="Encode the run's training set (data.train_images) with the EMA autoencoder and "
                                    "train the latent DDPM prior on the posterior means (dbae-method.md §5). Writes "
                                    "CHECKPOINT/prior.pt; rerunning when it has reached --steps only reports it.")
-    _checkpoint_args(p, "CHECKPOINT; a path ending in .pt names the file itself")
+    _checkpoint_args(p, "CHECKPOINT; a path ending in .pt names the file itself", _prior_out)
     p.add_argument("--steps", type=positive(int), default=None, help="training steps (default: the preset's)")
     p.add_argument("--preset", choices=("paper", "tiny"), default=None,
                    help=f"prior network and optimiser preset (default: tiny below {SMALL_MODEL // 10**6}M model "
@@ -82,7 +98,7 @@ def add_parsers(sub) -> None:
     source.add_argument("--prior", type=Path, default=None, help="prior file (default: CHECKPOINT/prior.pt)")
     source.add_argument("--gaussian", action="store_true",
                         help="z ~ N(mean, diag std²) of encoded training latents instead of the learned prior")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
 
     p = sub.add_parser("interpolate", help="interpolations between held-out image pairs",
                        description="Interpolate between --pairs seeded pairs of test images (DBAE: z lerped, x_T = "
@@ -90,10 +106,10 @@ def add_parsers(sub) -> None:
                                    "interpolations.png (a row per pair: source, --frames images, target).")
     _checkpoint_args(p, "CHECKPOINT/interpolate")
     p.add_argument("--pairs", type=positive(int), default=4, help="image pairs (default 4)")
-    p.add_argument("--frames", type=positive(int), default=8, help="λ values from 0 to 1 inclusive (default 8)")
+    p.add_argument("--frames", type=at_least(int, 2), default=8, help="λ values from 0 to 1 inclusive (default 8)")
     p.add_argument("--steps", type=positive(int), default=20, help="sampler steps (DiffAE: also inversion steps)")
     p.add_argument("--random-xt", action="store_true", help="DiffAE only: one shared random x_T for every λ")
-    p.add_argument("--seed", type=int, default=0, help="picks the test images")
+    p.add_argument("--seed", type=seed, default=0, help="picks the test images")
 
     p = sub.add_parser("manipulate", help="attribute manipulation along a linear probe direction",
                        description="Fit a logistic probe for a binary attribute on encoded training latents, move "
@@ -116,7 +132,7 @@ def add_parsers(sub) -> None:
                    help="DBAE: keep x_T = Dec(z) (else Dec(z')); DiffAE: keep the inferred x_T (else a random one)")
     p.add_argument("--probe-images", type=positive(int), default=2000,
                    help="training images the probe is fitted on (default 2000)")
-    p.add_argument("--seed", type=int, default=0, help="picks the probe's training images and the test images")
+    p.add_argument("--seed", type=seed, default=0, help="picks the probe's training images and the test images")
 
 
 # -- shared pieces -------------------------------------------------------------------------------------
@@ -249,10 +265,11 @@ def _prior(args: argparse.Namespace) -> int:
              "--preset" if args.preset else "default", params / 1e6, pcfg.steps, pcfg.batch_size, pcfg.lr)
     train, _ = _datasets(run)
     t0 = time.perf_counter()
-    z = encode_dataset(run.model, train, batch_size=run.cfg.eval.batch_size, device=run.device)
+    z, sigma = encode_posterior(run.model, train, batch_size=run.cfg.eval.batch_size, device=run.device)
     log.info("encoded %d training images in %.1f s", len(z), time.perf_counter() - t0)
     t0 = time.perf_counter()
-    prior, history = fit_prior(z, pcfg, device=run.device, log_every=max(1, pcfg.steps // 10))
+    # the stochastic encoder's prior learns what the decoder saw: fresh draws z = mu + sigma * eps (sigma None: DBAE-d)
+    prior, history = fit_prior(z, pcfg, device=run.device, log_every=max(1, pcfg.steps // 10), sigma=sigma)
     log.info("trained the prior in %.1f s; loss %s", time.perf_counter() - t0,
              ", ".join(f"{loss:.4f} @ {s}" for s, loss in history))
     save_prior(path, prior, pcfg.steps, checkpoint_step=run.step, preset=preset, train_latents=len(z),
@@ -262,34 +279,55 @@ def _prior(args: argparse.Namespace) -> int:
 
 
 # -- dbae generate -----------------------------------------------------------------------------------
-def _sample_latents(args: argparse.Namespace, run: _Run, generator: torch.Generator) -> Tensor:
-    """n latents from the learned prior (default CHECKPOINT/prior.pt) or, with --gaussian, a fitted Gaussian."""
-    d = run.model.cfg.latent_dim
+def _read_prior(path: Path, device: torch.device) -> LatentPrior:
+    """load_prior, with a truncated or foreign file as one line (CheckpointError) instead of torch's traceback."""
+    from dbae_core.checkpoint import CheckpointError
+    try:
+        return load_prior(path, map_location=device)
+    except ValueError:  # a torch file, but not a prior: load_prior's message says so
+        raise
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"prior {path} is unreadable ({type(err).__name__}): it is truncated or not written by "
+                              "`dbae prior`; rerun `dbae prior CHECKPOINT` to write it again") from None
+
+
+def _latent_source(args: argparse.Namespace, run: _Run) -> LatentPrior | None:
+    """What z is drawn from: the learned prior (loaded and checked now) or, with --gaussian, None."""
     if args.gaussian:
-        from dbae_platform.evaluate import GaussianPrior
-        x, _ = _take(_datasets(run)[0], GAUSSIAN_IMAGES, args.seed, run.cfg.eval.batch_size)
-        log.info("z ~ Gaussian fitted to %d encoded training latents", len(x))
-        return GaussianPrior(_encode(run, x)).sample(args.n, torch.Generator().manual_seed(args.seed))
+        return None
     path = args.prior or run.directory / "prior.pt"
     if args.prior is not None and not path.is_file():
         raise FileNotFoundError(f"--prior {path} does not exist: pass a file written by `dbae prior` (prior.pt)")
     if not path.is_file():
         raise FileNotFoundError(f"no latent prior at {path}: run `dbae prior {args.checkpoint}` first, or pass "
                                 "--gaussian to sample z from a Gaussian fitted to the encoded training latents")
-    prior = load_prior(path, map_location=run.device)
+    prior = _read_prior(path, run.device)
+    d = run.model.cfg.latent_dim
     if prior.cfg.latent_dim != d:
         raise ConfigError(f"the prior at {path} has latent_dim {prior.cfg.latent_dim} but the model has {d}: pass "
                           f"the prior trained for this checkpoint (dbae prior {args.checkpoint})")
     log.info("z ~ latent prior %s (%d DDIM steps)", path, args.prior_steps)
+    return prior
+
+
+def _sample_latents(args: argparse.Namespace, run: _Run, prior: LatentPrior | None,
+                    generator: torch.Generator) -> Tensor:
+    """n latents from the learned prior or, when it is None (--gaussian), a Gaussian fitted to encoded latents."""
+    if prior is None:
+        from dbae_platform.evaluate import GaussianPrior
+        x, _ = _take(_datasets(run)[0], GAUSSIAN_IMAGES, args.seed, run.cfg.eval.batch_size)
+        log.info("z ~ Gaussian fitted to %d encoded training latents", len(x))
+        return GaussianPrior(_encode(run, x)).sample(args.n, torch.Generator().manual_seed(args.seed))
     return prior.sample(args.n, args.prior_steps, generator=generator)
 
 
 def _generate(args: argparse.Namespace) -> int:
     run = _load_run(args)
+    prior = _latent_source(args, run)  # before anything is written: a bad --prior leaves no empty output folder
     out = _out_dir(args, run, "generate")
     generator = torch.Generator(run.device).manual_seed(args.seed)
     t0 = time.perf_counter()
-    z = _sample_latents(args, run, generator)
+    z = _sample_latents(args, run, prior, generator)
     x = _decode(run, z, args.steps, generator)
     path = save_grid(x, out / "samples.png", nrow=GRID_ROW)
     log.info("%d samples (%d sampler steps) in %.1f s", args.n, args.steps, time.perf_counter() - t0)
@@ -385,7 +423,6 @@ def _manipulate(args: argparse.Namespace) -> int:
     scales = [s for group in args.scales for s in group]
     if not scales:
         raise ConfigError("--scales is empty: pass e.g. --scales=-1,0,1,2")
-    out = _out_dir(args, run, "manipulate")
     train, test = _datasets(run)
     batch = run.cfg.eval.batch_size
     x_tr, extras = _take(train, args.probe_images, args.seed, batch)
@@ -399,6 +436,7 @@ def _manipulate(args: argparse.Namespace) -> int:
     if y.min() == y.max():
         raise ConfigError(f"--attribute {name} is {'always' if y[0] > 0 else 'never'} true on the {len(y)} probe "
                           "images: pick another attribute or threshold")
+    out = _out_dir(args, run, "manipulate")
     z_tr = _encode(run, x_tr)
     probe = fit_probe(z_tr, y)
     accuracy = ((probe.logit(z_tr) > 0).float() == y).float().mean().item()

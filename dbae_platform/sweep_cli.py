@@ -22,6 +22,7 @@ log = logging.getLogger("dbae")
 
 
 def add_study_flags(p: argparse.ArgumentParser) -> None:
+    from dbae_platform import argtypes
     p.add_argument("--preset", help="base preset or YAML config (default: the study's)")
     p.add_argument("--smoke", action="store_true",
                    help="a few steps of every trial on a small run: checks the whole study in about a minute")
@@ -35,8 +36,9 @@ def add_study_flags(p: argparse.ArgumentParser) -> None:
                    help="fixed config override for every trial, e.g. --set train.steps=2000")
     p.add_argument("--asha", action="store_true", help="stop poor trials early (ASHA on val/recon_mse)")
     p.add_argument("--max-concurrent", type=positive(int), help="trials at once (default: as many as fit)")
-    p.add_argument("--name", help="sweep name (default: the study's); names the MLflow experiment sweep/NAME")
-    p.add_argument("--storage-path", type=Path, default=Path(default_storage_path()),
+    p.add_argument("--name", type=argtypes.name,
+                   help="sweep name (default: the study's); names the MLflow experiment sweep/NAME")
+    p.add_argument("--storage-path", type=argtypes.directory, default=Path(default_storage_path()),
                    help="runs directory: Tune state, trial checkpoints, ablation files, embedded MLflow store; on a "
                         "multi-node cluster a directory every node mounts (default $DBAE_STORAGE_PATH, else runs)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are kept")
