@@ -97,6 +97,9 @@ class NonFiniteLossError(FloatingPointError):
         super().__init__(f"non-finite loss at step {step}; training stopped, {kept}")
         self.step, self.checkpoint = step, checkpoint
 
+    def __reduce__(self):  # rebuilt from its arguments, so it crosses process boundaries (Ray) intact
+        return type(self), (self.step, self.checkpoint)
+
 
 class StepBatchSampler(Sampler[list[int]]):
     """Index batches as a pure function of (seed, step): epoch e is the permutation seeded by (seed, e).

@@ -25,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
+from dbae_platform.tracking import child_runs
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
@@ -317,16 +319,7 @@ def trials_from_mlflow(client: MlflowClient, parent_run_id: str, page_size: int 
     parent = client.get_run(parent_run_id)
     swept_tag = parent.data.tags.get("dbae.sweep.swept")
     swept: list[str] = json.loads(swept_tag) if swept_tag else []
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                                  max_results=page_size, order_by=["attributes.start_time ASC"], page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
+    runs: list[Run] = child_runs(client, parent_run_id, page_size)
     if not swept_tag:
         keys = (k for r in runs for k in json.loads(r.data.tags.get("dbae.sweep.values", "{}")))
         swept = list(dict.fromkeys(keys))

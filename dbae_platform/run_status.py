@@ -13,9 +13,10 @@ class RunStatus:
         self.nonfinite_step: int | None = None
         self.workers: list[dict] = []
 
-    def add_worker(self, rank: int, node_id: str, ip: str) -> None:
-        """A worker (re)started: its rank and node (a resumed run may land on other nodes; all are kept)."""
-        entry = {"rank": rank, "node_id": node_id, "ip": ip}
+    def add_worker(self, rank: int, node_id: str, ip: str, hardware: str = "") -> None:
+        """A worker (re)started: its rank, node and what the node has (a resumed run may land on other nodes; all
+        are kept)."""
+        entry = {"rank": rank, "node_id": node_id, "ip": ip, "hardware": hardware}
         if entry not in self.workers:
             self.workers.append(entry)
 

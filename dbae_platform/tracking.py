@@ -7,10 +7,10 @@ that drops during training only delays logging: the worker's logger buffers and 
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
-import queue
 import subprocess
 import threading
 import time
@@ -20,16 +20,34 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrackingError", "resolve_uri", "check_reachable", "open_run", "finish_run", "MetricLogger",
-           "git_commit", "command_line", "hardware", "PARAM_LIMIT", "mlflow_client"]
+__all__ = ["TrackingError", "IncompleteLogError", "resolve_uri", "check_reachable", "open_run", "finish_run",
+           "MetricLogger", "git_commit", "command_line", "hardware", "describe_workers", "PARAM_LIMIT",
+           "mlflow_client", "child_runs", "configure_retries", "missing_from_run"]
 
 log = logging.getLogger(__name__)
 PARAM_LIMIT = 500  # characters kept of one param value (MLflow rejects long values)
 RUN_FILE = "mlflow_run.json"
+COMMIT_ENV = "DBAE_GIT_COMMIT"  # the commit of a checkout without .git (a Docker image), set where it was built
 
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be used (reported in one line before training starts)."""
+
+
+class IncompleteLogError(RuntimeError):
+    """A run finished, but the tracking store did not take all of its final metrics or artifacts (exit code 1)."""
+
+
+# MLflow's HTTP client retries with exponential backoff on its own; these bound one call to about three minutes
+# (its defaults allow far longer). Nothing in this project wraps its calls in a second retry loop.
+RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def configure_retries() -> None:
+    """MLflow's retry settings, unless the environment sets them (it wins)."""
+    for key, value in RETRY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 
 def resolve_uri(flag: str | None, configured: str | None, runs_dir: Path) -> str:
@@ -54,20 +72,76 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"MLflow tracking server {uri} is unreachable ({reason}): start it, or unset "
                                 "MLFLOW_TRACKING_URI to use the embedded store under the runs directory") from None
     elif uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        _check_sqlite_path(uri, Path(uri.removeprefix("sqlite:///")))
+    else:
+        _check_store(uri)
 
 
-def git_commit() -> str | None:
-    """The repository's HEAD commit (with '-dirty' when the tree has changes), or None outside a checkout."""
-    root = Path(__file__).resolve().parent.parent
+def _check_sqlite_path(uri: str, db: Path) -> None:
+    """The embedded store's file can be created: no part of its path is a file where a directory belongs."""
+    from dbae_platform.argtypes import blocking_file
+    blocker = db if db.is_dir() else blocking_file(db.parent)
+    if blocker is not None:
+        what = "is a directory, not a database file" if blocker == db else "is a file, not a directory"
+        raise TrackingError(f"MLflow store {uri} cannot be used: {blocker} {what}; pass --tracking-uri "
+                            "sqlite:///DIR/mlflow.db (or --runs-dir) with DIR a directory")
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TrackingError(f"MLflow store {uri} cannot be created ({err.strerror}): pass --tracking-uri "
+                            "sqlite:///DIR/mlflow.db (or --runs-dir) with DIR a directory you can write") from None
+
+
+def _check_store(uri: str) -> None:
+    """Any other store (file:, a database, a plugin's scheme): build its client and make one cheap call."""
+    try:
+        mlflow_client(uri).search_experiments(max_results=1)
+    except Exception as err:  # an unknown scheme, a missing driver, a database that refuses: all bad input
+        text = " ".join(str(err).split())
+        if "unsupported URI" in text or "Could not find a registered" in text:
+            raise TrackingError(f"tracking URI {uri!r} has a scheme MLflow does not know: use http(s)://HOST:PORT, "
+                                "sqlite:///PATH/mlflow.db or a database URI (postgresql://, mysql://), or unset "
+                                "MLFLOW_TRACKING_URI for the embedded store") from None
+        raise TrackingError(f"MLflow store {uri} is unusable ({type(err).__name__}: {text[:200]}): fix the URI or "
+                            "unset MLFLOW_TRACKING_URI for the embedded store under the runs directory") from None
+
+
+def git_commit(root: Path | None = None) -> str | None:
+    """The repository's HEAD commit (with '-dirty' when the tree has changes), or None outside a checkout.
+
+    `ray job submit --working-dir .` uploads `.git/HEAD` and `.git/refs` but not the objects (see .rayignore), so on
+    a cluster git itself cannot answer: the commit is then read from those files (whether the tree was dirty is
+    unknown there). An image without .git records its commit in $DBAE_GIT_COMMIT (cluster/docker/Dockerfile)."""
+    root = root or Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5,
                              check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
+        return _head_from_files(root / ".git") or os.environ.get(COMMIT_ENV) or None
     return f"{sha}-dirty" if dirty else sha
+
+
+def _head_from_files(git_dir: Path) -> str | None:
+    """HEAD's commit from `.git/HEAD` and the refs (loose or packed), without git; None when they are absent."""
+    try:
+        head = (git_dir / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head or None
+        ref = head.removeprefix("ref: ")
+        loose = git_dir / ref
+        if loose.is_file():
+            return loose.read_text().strip() or None
+        packed = git_dir / "packed-refs"
+        if packed.is_file():
+            for line in packed.read_text().splitlines():
+                sha, _, name = line.partition(" ")
+                if name == ref:
+                    return sha
+    except OSError:
+        pass
+    return None
 
 
 def command_line(argv: list[str] | None = None) -> str:
@@ -110,10 +184,57 @@ def hardware() -> str:
     return ", ".join(parts)
 
 
+def describe_workers(workers: list[dict]) -> str:
+    """The hardware the workers ran on, per kind of node: `<hardware> (ranks 0-3 on 2 nodes: ip/id, ...)`."""
+    by_kind: dict[str, dict[str, set]] = {}
+    for w in workers:
+        kind = by_kind.setdefault(w.get("hardware") or "unknown", {"ranks": set(), "nodes": set()})
+        kind["ranks"].add(int(w["rank"]))
+        kind["nodes"].add(f"{w['ip']}/{w['node_id'][:8]}")
+    parts = []
+    for hw, kind in by_kind.items():
+        ranks = sorted(kind["ranks"])
+        nodes = sorted(kind["nodes"])
+        span = f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {ranks[0]}-{ranks[-1]}"
+        parts.append(f"{hw} ({span} on {len(nodes)} node{'s' * (len(nodes) > 1)}: {', '.join(nodes)})")
+    return "; ".join(parts)
+
+
 def mlflow_client(uri: str):
-    """An MlflowClient for `uri` (mlflow imported on first use)."""
+    """An MlflowClient for `uri` (mlflow imported on first use), with this project's retry settings."""
+    configure_retries()
     from mlflow.tracking import MlflowClient
     return MlflowClient(tracking_uri=uri)
+
+
+def child_runs(client_or_uri, parent_run_id: str, page_size: int = 500) -> list:
+    """Every child run of `parent_run_id` (all pages), oldest first."""
+    client = mlflow_client(client_or_uri) if isinstance(client_or_uri, str) else client_or_uri
+    parent = client.get_run(parent_run_id)
+    runs, token = [], None
+    while True:
+        page = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                  max_results=page_size, order_by=["attributes.start_time ASC"], page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def missing_from_run(client, run_id: str, metrics: Iterable[str], artifacts: Iterable[str] = (),
+                     images: Iterable[str] = ()) -> list[str]:
+    """What of the given metric keys, artifact paths and image keys the run lacks in the store."""
+    run = client.get_run(run_id)
+    missing = [k for k in metrics if k not in run.data.metrics]
+    present = {a.path for a in client.list_artifacts(run_id)}
+    missing += [a for a in artifacts if a not in present]
+    images = list(images)
+    if images:
+        logged = [a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run_id, "images")]
+        # MLflow names an image `<key>+step+<step>+...` (`%` instead of `+` in older versions)
+        missing += [f"image {k}" for k in images
+                    if not any(name.startswith((f"{k}+step+", f"{k}%step%")) for name in logged)]
+    return missing
 
 
 def _experiment_id(client, name: str, uri: str, runs_dir: Path) -> str:
@@ -167,10 +288,10 @@ def open_run(uri: str, experiment: str, run_dir: Path, runs_dir: Path, run_name:
     return run_id, False
 
 
-def finish_run(uri: str, run_id: str, status: str, metrics: dict[str, float] | None = None, step: int = 0,
+def finish_run(uri: str, run_id: str, status: str | None, metrics: dict[str, float] | None = None, step: int = 0,
                artifacts: Iterable[Path] = (), artifact_path: str | None = None,
                tags: dict[str, str] | None = None) -> None:
-    """Log final metrics, tags and artifacts and set the run's status (FINISHED, FAILED or KILLED)."""
+    """Log final metrics, tags and artifacts and set the run's status (FINISHED, FAILED, KILLED; None: leave it)."""
     from mlflow.entities import Metric, RunTag
     client = mlflow_client(uri)
     now = int(time.time() * 1000)
@@ -180,24 +301,30 @@ def finish_run(uri: str, run_id: str, status: str, metrics: dict[str, float] | N
                          tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
     for path in artifacts:
         client.log_artifact(run_id, str(path), artifact_path)
-    client.set_terminated(run_id, status=status)
+    if status is not None:
+        client.set_terminated(run_id, status=status)
 
 
 class MetricLogger:
-    """Logs metrics and images to one MLflow run from a background thread; buffers and retries while it is down.
+    """Logs metrics and images to one MLflow run from a background thread: training never waits on the store.
 
-    Training never waits on the tracking server: `log_metrics` and `log_image` only enqueue. Steps at or below
-    `skip_until` (what a restarted worker finds already logged) are dropped, so a run's history stays monotone.
+    `log_metrics` / `log_image` only append to a bounded buffer (`capacity` records; when it is full the oldest record
+    is dropped and counted). The thread alone talks to MLflow, whose own HTTP retries (`configure_retries`) ride out
+    short drops; a longer outage is logged once when it starts and once when it ends, and while records wait the
+    thread tries again every `retry_s`. `close()` stops the thread and returns how many records were not logged.
+    Steps at or below `skip_until` (what a restarted worker finds already logged) are dropped, so a run's history
+    stays monotone; `log_start` records where each (re)start began as `train/start_step`.
     """
 
-    def __init__(self, uri: str, run_id: str, retry_s: float = 5.0) -> None:
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast: this thread does the retrying
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        self.uri, self.run_id, self.retry_s = uri, run_id, retry_s
+    def __init__(self, uri: str, run_id: str, retry_s: float = 5.0, capacity: int = 10_000) -> None:
+        self.uri, self.run_id, self.retry_s, self.capacity = uri, run_id, retry_s, capacity
         self._client = mlflow_client(uri)
-        self._queue: queue.Queue = queue.Queue()
-        self._pending: list[tuple[str, Any]] = []
+        self._buffer: collections.deque[tuple[str, Any]] = collections.deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._deadline: float | None = None
         self._down_since: float | None = None
+        self.dropped = 0
         self.skip_until = self._last_step()
         self._thread = threading.Thread(target=self._run, name="mlflow-logger", daemon=True)
         self._thread.start()
@@ -209,17 +336,32 @@ class MetricLogger:
             return 0
         return max((m.step for m in history), default=0)
 
+    def _put(self, kind: str, payload: Any) -> None:
+        with self._cond:
+            if self._closing:
+                self.dropped += 1
+                return
+            if len(self._buffer) >= self.capacity:
+                self._buffer.popleft()
+                self.dropped += 1
+            self._buffer.append((kind, payload))
+            self._cond.notify()
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if step > self.skip_until:
-            self._queue.put(("metrics", (dict(metrics), step, int(time.time() * 1000))))
+            self._put("metrics", (dict(metrics), step, int(time.time() * 1000)))
+
+    def log_start(self, step: int) -> None:
+        """A (re)start of training at `step` (0, or the checkpoint it resumed from): metric `train/start_step`."""
+        self._put("metrics", ({"train/start_step": float(step)}, step, int(time.time() * 1000)))
 
     def log_image(self, image: Any, key: str, step: int) -> None:
         """`image`: a PIL image or a uint8 HWC array; shown in the MLflow UI under `key` with a step slider."""
         if step > self.skip_until:
-            self._queue.put(("image", (image, key, step)))
+            self._put("image", (image, key, step))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self._queue.put(("text", (text, artifact_file)))
+        self._put("text", (text, artifact_file))
 
     def _send(self, kind: str, payload: Any) -> None:
         from mlflow.entities import Metric
@@ -232,48 +374,46 @@ class MetricLogger:
         elif kind == "text":
             self._client.log_text(self.run_id, *payload)
 
-    def _flush_pending(self) -> bool:
-        while self._pending:
-            kind, payload = self._pending[0]
-            try:
-                self._send(kind, payload)
-            except Exception as err:  # the server is down or dropped the connection
-                if self._down_since is None:
-                    self._down_since = time.monotonic()
-                    log.warning("MLflow at %s is unreachable (%s): buffering metrics and retrying every %.0f s; "
-                                "training continues", self.uri, type(err).__name__, self.retry_s)
-                return False
-            self._pending.pop(0)
-        if self._down_since is not None:
-            log.warning("MLflow is reachable again after %.0f s: buffered metrics were sent",
-                        time.monotonic() - self._down_since)
-            self._down_since = None
-        return True
-
     def _run(self) -> None:
         while True:
-            try:
-                item = self._queue.get(timeout=self.retry_s if self._pending else None)
-            except queue.Empty:
-                item = None
-            if item is not None:
-                if item[0] == "stop":
-                    self._flush_pending()
-                    item[1].set()
+            with self._cond:
+                while not self._buffer and not self._closing:
+                    self._cond.wait()
+                if not self._buffer:
                     return
-                self._pending.append(item)
-            self._flush_pending()
+                item = self._buffer[0]
+            try:
+                self._send(*item)
+            except Exception as err:  # MLflow gave up retrying: an outage; the record stays first in line
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                    log.warning("MLflow at %s is unreachable (%s): buffering up to %d records, trying again every "
+                                "%.0f s; training continues", self.uri, type(err).__name__, self.capacity,
+                                self.retry_s)
+                with self._cond:
+                    if self._deadline is not None and time.monotonic() >= self._deadline:
+                        return
+                    self._cond.wait(self.retry_s)
+                continue
+            with self._cond:
+                if self._buffer and self._buffer[0] is item:
+                    self._buffer.popleft()
+            if self._down_since is not None:
+                log.warning("MLflow is reachable again after %.0f s: buffered records are being sent",
+                            time.monotonic() - self._down_since)
+                self._down_since = None
 
-    def close(self, timeout: float = 60.0) -> bool:
-        """Flush what is buffered (waiting up to `timeout` s); True if everything reached the server."""
-        done = threading.Event()
-        self._queue.put(("stop", done))
-        done.wait(timeout)
-        deadline = time.monotonic() + timeout
-        while self._pending and time.monotonic() < deadline:
-            time.sleep(min(self.retry_s, 1.0))
-            self._flush_pending()
-        if self._pending:
-            log.error("MLflow stayed unreachable: %d buffered records were not logged", len(self._pending))
-        return not self._pending
-
+    def close(self, timeout: float = 60.0) -> int:
+        """Send what is buffered (waiting up to `timeout` s), stop the thread; the number of records not logged."""
+        with self._cond:
+            self._closing = True
+            self._deadline = time.monotonic() + timeout
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        with self._cond:  # a send still blocked in MLflow's retries finds the buffer empty and the thread ends
+            lost = len(self._buffer) + self.dropped
+            self._buffer.clear()
+            self.dropped = 0
+        if lost:
+            log.error("MLflow at %s could not take %d metric/image records of run %s", self.uri, lost, self.run_id)
+        return lost

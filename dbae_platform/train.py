@@ -38,6 +38,7 @@ __all__ = ["train", "TrainResult", "build_model", "build_datasets", "dry_run", "
 log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
 RESULT_FILE = "result.json"
+EVAL_DIR = "eval"  # in the final checkpoint: the evaluation's image grids
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,8 @@ def _evaluate(cfg: Config, model: torch.nn.Module, train: Dataset, test: Dataset
     e = cfg.eval
     return evaluate(model, train=train, test=test, suites=e.suites, n=e.n, out_dir=out_dir, device=device,
                     sampler_steps=e.sampler_steps, sampler=e.sampler, churn=e.churn, precision=e.precision,
-                    batch_size=e.batch_size)
+                    batch_size=e.batch_size, sample_z=e.sample_z, prior_steps=e.prior_steps,
+                    prior_images=e.prior_images)
 
 
 def sampling(cfg: Config) -> Sampling:
@@ -212,24 +214,41 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     device = ray.train.torch.get_device()
-    if "status" in loop_config:  # where this rank runs, for the run's record (several nodes on a cluster)
+    if "status" in loop_config:  # where this rank runs and on what, for the run's record (tags dbae.nodes/hardware)
         loop_config["status"].add_worker.remote(rank, ray.get_runtime_context().get_node_id(),
-                                                ray.util.get_node_ip_address())
+                                                ray.util.get_node_ip_address(), tracking.hardware())
     torch.manual_seed(cfg.train.seed)
     train, test = build_datasets(cfg)
     model = build_model(cfg)
-    t = cfg.train
 
     resume = None
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            resume = load_checkpoint(Path(d) / STATE_FILE, map_location="cpu")
+    if checkpoint is not None:  # an unreadable newest checkpoint falls back to the newest one that loads
+        from dbae_platform.preflight import resume_state
+        resume = resume_state(checkpoint, rank)
         log.info("rank %d resumes from step %d", rank, int(resume["step"]))
 
     logger = None
     if rank == 0 and loop_config.get("run_id"):
         logger = tracking.MetricLogger(loop_config["tracking_uri"], loop_config["run_id"])
+        logger.log_start(int(resume["step"]) if resume is not None else 0)
+    try:
+        _train_and_evaluate(cfg, loop_config, rank, device, model, train, test, resume, logger)
+    finally:  # whatever ends training, what the logger holds is sent (or counted as lost) before the worker exits
+        if logger is not None:
+            logger.close()
+
+
+def _train_and_evaluate(cfg: Config, loop_config: dict[str, Any], rank: int, device: torch.device,
+                        model: torch.nn.Module, train: Dataset, test: Dataset, resume: dict[str, Any] | None,
+                        logger: tracking.MetricLogger | None) -> None:
+    """`fit` with reports and checkpoints, then (rank 0) the evaluation; the final checkpoint carries its results.
+
+    Final metrics and evaluation images travel in the last checkpoint (metrics.json, eval/*.png): the driver logs
+    them to MLflow and checks that they arrived, so they do not depend on this worker's background logger."""
+    import ray.train
+
+    t = cfg.train
     config_yaml = cfg.to_yaml()
     last_metrics: dict[str, float] = {}
     final_state: dict[str, Any] = {}
@@ -274,33 +293,28 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         log.error("rank %d: %s", rank, err)
         if rank == 0:
             ray.get(loop_config["status"].set_nonfinite.remote(err.step))
-        if logger is not None:
-            logger.close()
         return
 
     metrics: dict[str, Any] = {}
+    staging = None
     if rank == 0:
         if not final_state and resume is not None:  # the run had already finished: evaluate its last state
             final_state.update(resume)
-        with tempfile.TemporaryDirectory(prefix="dbae_eval_") as tmp:
-            metrics = _evaluate(cfg, out["ema"].to(device).eval(), train, test, device, Path(tmp))
-            if logger is not None:
-                logger.log_metrics({k: v for k, v in metrics.items() if v is not None}, t.steps)
-                for png in sorted(Path(tmp).glob("*.png")):
-                    from PIL import Image
-                    with Image.open(png) as img:
-                        logger.log_image(img.copy(), f"eval_{png.stem}", t.steps)
-        if logger is not None:
-            logger.close()
+        eval_dir = Path(tempfile.mkdtemp(prefix="dbae_eval_"))
+        metrics = _evaluate(cfg, out["ema"].to(device).eval(), train, test, device, eval_dir)
+        if final_state:
+            staging = _save_dir(final_state, config_yaml, extra=metrics)
+            shutil.move(str(eval_dir), str(staging / EVAL_DIR))
+        else:
+            shutil.rmtree(eval_dir, ignore_errors=True)
     report = {**last_metrics, **{k: v for k, v in metrics.items() if v is not None}, "step": t.steps}
-    if rank == 0 and final_state:
-        staging = _save_dir(final_state, config_yaml, extra=metrics)
-        try:
-            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(staging)))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    else:
+    if staging is None:
         ray.train.report(report)
+        return
+    try:
+        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(staging)))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 # -- the driver --------------------------------------------------------------------------------------
@@ -318,7 +332,8 @@ def _check_resumable(cfg: Config, run_dir: Path) -> None:
                           f"rerun with the old value to resume, or pass --set name=NEW for a new run")
 
 
-def _ray_init() -> None:
+def ray_init() -> None:
+    """Connect to the cluster at $RAY_ADDRESS, else start a local one (once per process)."""
     import ray
     if ray.is_initialized():
         return
@@ -330,20 +345,51 @@ def _ray_init() -> None:
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
 
 
-def _retrying(what: str, fn, *args, tries: int = 12, wait_s: float = 5.0, **kwargs) -> None:
-    """Call fn, retrying while the tracking server is unreachable; give up with an error log, not an exception."""
-    for attempt in range(tries):
-        try:
-            fn(*args, **kwargs)
-            return
-        except Exception as err:  # the server dropped: the training result itself is safe on disk
-            if attempt == tries - 1:
-                log.error("could not %s in MLflow after %d tries (%s); the run's checkpoint and result.json are "
-                          "on disk", what, tries, err)
-                return
-            log.warning("MLflow unreachable while trying to %s (%s); retrying in %.0f s", what,
-                        type(err).__name__, wait_s)
-            time.sleep(wait_s)
+def _mark(uri: str, run_id: str, status: str) -> None:
+    """End the MLflow run with `status`; a store that stays down (MLflow retried already) costs one log line."""
+    try:
+        tracking.finish_run(uri, run_id, status)
+    except Exception as err:
+        log.error("could not mark MLflow run %s %s (%s: %s)", run_id, status, type(err).__name__,
+                  str(err).splitlines()[0] if str(err) else "")
+
+
+def _publish(uri: str, run_id: str, run_dir: Path, checkpoint: Path | None, metrics: dict[str, float],
+             workers: list[dict], step: int) -> None:
+    """Log a finished run's results (final metrics, evaluation images, EMA weights, config, where it ran), read them
+    back, and only then mark the run FINISHED. Raises IncompleteLogError naming what the store lacks."""
+    from PIL import Image
+    artifacts: list[Path] = []
+    images: dict[str, Path] = {}
+    if checkpoint is not None:  # the EMA weights and the config, small enough to keep in MLflow
+        state = load_checkpoint(checkpoint / STATE_FILE)
+        ema_path = run_dir / "ema.pt"
+        torch.save({k: state[k] for k in ("ema", "step", "model_kind", "model_config")}, ema_path)
+        artifacts = [ema_path, run_dir / "config.yaml"]
+        images = {f"eval_{png.stem}": png for png in sorted((checkpoint / EVAL_DIR).glob("*.png"))}
+    tags = {}
+    if workers:
+        tags = {"dbae.nodes": ",".join(sorted({node_label(w["ip"], w["node_id"]) for w in workers})),
+                "dbae.hardware": tracking.describe_workers(workers)[:5000]}
+    try:
+        client = tracking.mlflow_client(uri)
+        for key, png in images.items():
+            with Image.open(png) as img:
+                client.log_image(run_id, img.copy(), key=key, step=step)
+        tracking.finish_run(uri, run_id, None, metrics=metrics, step=step, artifacts=artifacts, tags=tags)
+        missing = tracking.missing_from_run(client, run_id, metrics, [a.name for a in artifacts], images)
+    except Exception as err:
+        missing = [f"all of them ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]})"]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise tracking.IncompleteLogError(
+            f"run {run_dir.name} finished (results on disk in {run_dir / RESULT_FILE}) but MLflow at {uri} lacks "
+            f"{', '.join(missing[:5])}{more}: rerun the same command when the store is back to log them")
+    tracking.finish_run(uri, run_id, "FINISHED")
+
+
+def _write_result(run_dir: Path, record: dict[str, Any]) -> None:
+    (run_dir / RESULT_FILE).write_text(json.dumps(record, indent=2))
 
 
 def train(cfg: Config, tracking_uri: str | None = None, parent_run_id: str | None = None, *,
@@ -358,23 +404,31 @@ def train(cfg: Config, tracking_uri: str | None = None, parent_run_id: str | Non
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from dbae_platform import preflight
     runs_dir, run_dir = run_paths(cfg)
     _check_resumable(cfg, run_dir)
     done = run_dir / RESULT_FILE
     if done.is_file() and (previous := json.loads(done.read_text()))["step"] >= cfg.train.steps:
+        checkpoint = Path(previous["checkpoint"]) if previous.get("checkpoint") not in (None, "None") else None
+        if not previous.get("logged", True):  # trained, but MLflow did not take the results: log them now
+            log.info("run %r finished at step %d; logging its results to MLflow again", cfg.name, previous["step"])
+            _publish(previous["tracking_uri"], previous["run_id"], run_dir, checkpoint, previous["metrics"],
+                     previous.get("workers", []), previous["step"])
+            _write_result(run_dir, {**previous, "logged": True})
         log.info("run %r already finished at step %d (raise train.steps to continue it)", cfg.name, previous["step"])
-        return TrainResult(run_dir, previous["run_id"], previous["tracking_uri"], previous["step"],
-                           Path(previous["checkpoint"]), previous["metrics"])
+        return TrainResult(run_dir, previous["run_id"], previous["tracking_uri"], previous["step"], checkpoint,
+                           previous["metrics"])
+    preflight.check_run(cfg)  # data, directories, newest loadable checkpoint: one line before Ray starts
     uri = tracking.resolve_uri(tracking_uri, cfg.tracking.uri, runs_dir)
     tracking.check_reachable(uri)
-    _ray_init()
+    ray_init()
     if check_storage:
         require_shared_storage(runs_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_yaml = cfg.to_yaml()
     (run_dir / "config.yaml").write_text(config_yaml)
     tags = {"dbae.preset": cfg.name, "dbae.seed": str(cfg.train.seed), "dbae.method": cfg.model.method,
-            "dbae.run_dir": str(run_dir), "dbae.hardware": tracking.hardware(), **(tags or {})}
+            "dbae.run_dir": str(run_dir), "dbae.driver": tracking.hardware(), **(tags or {})}
     if (commit := tracking.git_commit()) is not None:
         tags["mlflow.source.git.commit"] = commit
     run_id, resumed = tracking.open_run(uri, cfg.experiment, run_dir, runs_dir, cfg.name, flatten(cfg.to_dict()),
@@ -398,31 +452,24 @@ def train(cfg: Config, tracking_uri: str | None = None, parent_run_id: str | Non
     try:
         result = trainer.fit()
     except KeyboardInterrupt:
-        _retrying("mark the run killed", tracking.finish_run, uri, run_id, "KILLED", tries=1)
+        _mark(uri, run_id, "KILLED")
         raise
     except Exception as err:
-        _retrying("mark the run failed", tracking.finish_run, uri, run_id, "FAILED", tries=2)
+        _mark(uri, run_id, "FAILED")
         raise RuntimeError(f"training failed: {err}") from err
     checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else None
     metrics = dict(result.metrics or {})
     nonfinite = ray.get(status.get_nonfinite.remote())
     if nonfinite is not None:
-        _retrying("mark the run failed", tracking.finish_run, uri, run_id, "FAILED")
+        _mark(uri, run_id, "FAILED")
         raise NonFiniteLossError(nonfinite, checkpoint)
 
-    artifacts = []
-    if checkpoint is not None:  # the EMA weights and the config, small enough to keep in MLflow
-        state = load_checkpoint(checkpoint / STATE_FILE)
-        ema_path = run_dir / "ema.pt"
-        torch.save({k: state[k] for k in ("ema", "step", "model_kind", "model_config")}, ema_path)
-        artifacts = [ema_path, run_dir / "config.yaml"]
+    step = int(metrics.get("step", cfg.train.steps))
     eval_metrics = {k: float(v) for k, v in metrics.items() if k.startswith("eval/")}
     workers = ray.get(status.get_workers.remote())
-    (run_dir / RESULT_FILE).write_text(json.dumps({"step": int(metrics.get("step", 0)), "run_id": run_id,
-                                                   "tracking_uri": uri, "checkpoint": str(checkpoint),
-                                                   "metrics": eval_metrics, "workers": workers}, indent=2))
-    nodes = ",".join(sorted({node_label(w["ip"], w["node_id"]) for w in workers}))
-    _retrying("log the final artifacts", tracking.finish_run, uri, run_id, "FINISHED", artifacts=artifacts,
-              tags={"dbae.nodes": nodes})
-    return TrainResult(run_dir, run_id, uri, int(metrics.get("step", cfg.train.steps)), checkpoint, eval_metrics)
-
+    record = {"step": step, "run_id": run_id, "tracking_uri": uri, "checkpoint": str(checkpoint),
+              "metrics": eval_metrics, "workers": workers, "logged": False}
+    _write_result(run_dir, record)  # the results are safe on disk before MLflow is asked to take them
+    _publish(uri, run_id, run_dir, checkpoint, eval_metrics, workers, step)
+    _write_result(run_dir, {**record, "logged": True})
+    return TrainResult(run_dir, run_id, uri, step, checkpoint, eval_metrics)

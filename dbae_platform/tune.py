@@ -7,7 +7,11 @@ A `Study` names a preset, fixed overrides and a search space over dotted config 
       objective.entropy_weight: {loguniform: [1.0e-4, 1.0e-1]}   # also uniform, randint, choice
 
 `search` is `grid` (full factorial), `optuna` (TPE; several metrics make it multi-objective) or `random`. Every
-configuration runs once per seed. The driver opens one MLflow parent run; each trial trains with
+configuration runs once per seed, and seeds never change a configuration: a random or Optuna draw is made once and
+shared by its seeds. Intermediate reports (`train/*`, `val/recon_mse`) feed schedulers such as ASHA; the study metric
+(`eval/*`) comes from the end-of-training evaluation only, and that is what the searcher (the mean over seeds), the
+ablation table and `best.json` use (`dbae_platform.seed_groups` states the rule). The driver opens one MLflow parent
+run; each trial trains with
 `dbae_platform.train.train` under it, so the trial is a child run named by its swept values. When the sweep ends, the
 ablation table (mean ± std over seeds) and one plot per metric go to the parent run. Rerunning with `resume=True`
 restores the Tune experiment: finished trials are kept, unfinished ones resume from their last checkpoint.
@@ -44,6 +48,7 @@ SMOKE = {"train.steps": 4, "train.log_every": 2, "train.ckpt_every": 2, "train.i
          "eval.suites": ["recon"], "resources.num_workers": 1, "resources.cpus_per_worker": 0.5,
          "resources.use_gpu": False}
 PARENT_FILE = "parent_run.json"
+SEED_KEY = "train.seed"  # set per trial from `seeds`; never a swept key
 
 
 @dataclass(frozen=True)
@@ -114,19 +119,81 @@ def _numbers(v: Any) -> Any:
     return v
 
 
+def _is_int(v: Any, low: int = 1) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_strs(v: Any) -> bool:
+    return isinstance(v, str) or (isinstance(v, (list, tuple)) and bool(v) and all(isinstance(x, str) for x in v))
+
+
+def _is_space(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, (list, dict)) for k, x in v.items())
+
+
+def _is_asha(v: Any) -> bool:
+    return v is None or isinstance(v, (bool, dict, Asha))
+
+
+# key -> (is the value of an allowed type, what is allowed): checked before the values themselves
+_STUDY_TYPES: dict[str, tuple[Any, str]] = {
+    "name": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+    "preset": (lambda v: isinstance(v, str) and bool(v), "a preset name or a YAML config path"),
+    "space": (_is_space, "a mapping of dotted config keys to a list of values or {distribution: [...]}"),
+    "search": (lambda v: isinstance(v, str), f"one of {SEARCHES}"),
+    "metric": (_is_strs, "a metric name or a list of them"),
+    "mode": (_is_strs, "'min' or 'max', or a list of them"),
+    "num_samples": (_is_int, "an integer >= 1"),
+    "seeds": (lambda v: _is_int(v) or (isinstance(v, (list, tuple)) and bool(v) and all(_is_int(x, 0) for x in v)),
+              "a count >= 1 or a non-empty list of integer seeds >= 0"),
+    "overrides": (lambda v: isinstance(v, dict), "a mapping of dotted config keys to values"),
+    "asha": (_is_asha, "true, false or a mapping of metric, mode, grace_period, reduction_factor"),
+    "max_concurrent_trials": (lambda v: v is None or _is_int(v), "an integer >= 1 or null"),
+    "experiment": (lambda v: v is None or (isinstance(v, str) and bool(v)), "an MLflow experiment name or null"),
+    "description": (lambda v: isinstance(v, str), "a string"),
+}
+_ASHA_TYPES: dict[str, tuple[Any, str]] = {
+    "metric": (lambda v: isinstance(v, str) and bool(v), "a metric name"),
+    "mode": (lambda v: v in ("min", "max"), "'min' or 'max'"),
+    "grace_period": (lambda v: v is None or _is_int(v), "an integer >= 1 (steps) or null"),
+    "reduction_factor": (lambda v: _is_number(v) and v > 1, "a number > 1"),
+}
+
+
+def _short_repr(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_types(d: dict[str, Any], rules: dict[str, tuple[Any, str]], source: str, prefix: str = "") -> None:
+    """One-line ConfigError for the first value of the wrong type, naming the key, the value and what is allowed."""
+    for key, value in d.items():
+        ok, allowed = rules[key]
+        if not ok(value):
+            raise ConfigError(f"{source}: {prefix}{key}={_short_repr(value)} has the wrong type: expected {allowed}")
+
+
 def study_from_dict(d: dict[str, Any], source: str = "study") -> Study:
     """A validated Study from a plain dict (what a study YAML holds); one-line ConfigError otherwise."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source} must be a mapping with name, preset, space, ...: got {type(d).__name__}")
     known = {f.name for f in dataclasses.fields(Study)}
     unknown = sorted(set(d) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown key {unknown[0]!r}: use some of {sorted(known)}")
     if "name" not in d:
         raise ConfigError(f"{source}: 'name' is missing: give the study a name (it names the MLflow experiment)")
+    _check_types(d, _STUDY_TYPES, source)
     d = dict(d)
     if isinstance(d.get("asha"), dict):
         bad = sorted(set(d["asha"]) - {f.name for f in dataclasses.fields(Asha)})
         if bad:
             raise ConfigError(f"{source}: asha.{bad[0]} is unknown: use metric, mode, grace_period, reduction_factor")
+        _check_types(d["asha"], _ASHA_TYPES, source, "asha.")
         d["asha"] = Asha(**d["asha"])
     elif d.get("asha") is True:
         d["asha"] = Asha()
@@ -151,6 +218,8 @@ def load_study(path: str | Path) -> Study:
         raise ConfigError(f"study file {path} does not exist: pass a YAML file (see sweeps/*.yaml)")
     try:
         data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read study file {path} ({err}): pass a readable YAML file") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -178,8 +247,6 @@ def validate_study(study: Study, source: str = "study") -> None:
                           f"got mode={list(study.mode)}")
     if len(study.metric) > 1 and study.search != "optuna":
         raise ConfigError(f"{source}: several metrics need search: optuna (multi-objective TPE)")
-    if len(study.metric) > 1 and len(study.seeds) > 1:
-        raise ConfigError(f"{source}: a multi-objective study takes one seed per configuration: set seeds: 1")
     for key, spec in study.space.items():
         if key == "train.seed":
             raise ConfigError(f"{source}: space.train.seed is not searched: set `seeds` instead")
@@ -246,8 +313,8 @@ def _plain_value(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
-def run_trial(config: dict[str, Any], *, base: dict[str, Any], swept: list[str], seeds: list[int],
-              trials_dir: str, experiment: str, tracking_uri: str, parent_run_id: str, indexed: bool) -> None:
+def run_trial(config: dict[str, Any], *, base: dict[str, Any], swept: list[str], trials_dir: str, experiment: str,
+              tracking_uri: str, parent_run_id: str, indexed: bool) -> None:
     """The Tune function: one Ray Train run of `base` with the trial's values, nested under the parent run."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -255,7 +322,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], swept: list[str],
     from dbae_platform.train import RESULT_FILE, run_paths, train
 
     values = {k: _plain_value(config[k]) for k in swept}
-    seed = int(config["train.seed"]) if "train.seed" in config else seeds[int(config.get("__trial_index__", 0))]
+    seed = int(config[SEED_KEY])  # a grid over seeds (grid, random) or the seed group's (optuna)
     trial_id = tune.get_context().get_trial_id()
     name = trial_name(values, seed, trial_id.rsplit("_", 1)[-1] if indexed else None)
     cfg = load_config(base, {**values, "train.seed": seed, "name": name,
@@ -269,7 +336,9 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], swept: list[str],
 
 
 # -- the driver ----------------------------------------------------------------------------------------
-def _tune_space(study: Study, *, grid_seeds: bool) -> dict[str, Any]:
+def _tune_space(study: Study) -> dict[str, Any]:
+    """Tune's param_space. Grid and random searches take the seeds as a grid (random draws are shared by a
+    configuration's seeds, see `_searcher`); Optuna's seeds come from `SeedGroups`."""
     from ray import tune
     space: dict[str, Any] = {}
     for key, spec in study.space.items():
@@ -278,33 +347,37 @@ def _tune_space(study: Study, *, grid_seeds: bool) -> dict[str, Any]:
         else:
             kind, args = next(iter(spec.items()))
             space[key] = tune.choice(args) if kind == "choice" else getattr(tune, kind)(*args)
-    if grid_seeds:
-        space["train.seed"] = tune.grid_search(list(study.seeds))
+    if study.search != "optuna":
+        space[SEED_KEY] = tune.grid_search(list(study.seeds))
     return space
 
 
-def _searcher(study: Study, seed: int):
-    """(search_alg, num_samples) for Tune."""
-    if study.search == "grid":
-        return None, 1
-    if study.search == "random":
-        return None, study.num_samples
+OPTUNA_DB = "optuna.db"  # in the sweep's directory: the Optuna study (trials, values), e.g. for optuna-dashboard
+
+
+def _searcher(study: Study, seed: int, concurrent: int, sweep_dir: Path):
+    """(search_alg, num_samples) for Tune: every configuration once per seed, its values drawn once for all seeds."""
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+    if study.search in ("grid", "random"):
+        # constant_grid_search: random keys are drawn once per sample and kept over the seed grid (Ray's default
+        # would draw them afresh for every seed, mixing configurations)
+        search = BasicVariantGenerator(max_concurrent=concurrent, constant_grid_search=True, random_state=seed)
+        return search, 1 if study.search == "grid" else study.num_samples
     import optuna
-    from ray.tune.search import ConcurrencyLimiter, Repeater
     from ray.tune.search.optuna import OptunaSearch
+
+    from dbae_platform.seed_groups import SeedGroups
     metric = list(study.metric) if len(study.metric) > 1 else study.metric[0]
     mode = list(study.mode) if len(study.mode) > 1 else study.mode[0]
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, study.num_samples // 2)))
-    search = OptunaSearch(metric=metric, mode=mode, sampler=sampler)
-    repeats = len(study.seeds)
-    if repeats > 1:  # each suggested configuration once per seed; TPE is told the mean over seeds
-        search = Repeater(search, repeat=repeats, set_index=True)
-    if study.max_concurrent_trials:
-        search = ConcurrencyLimiter(search, max_concurrent=study.max_concurrent_trials)
-    return search, study.num_samples * repeats
+    storage = optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / OPTUNA_DB}")
+    inner = OptunaSearch(metric=metric, mode=mode, sampler=sampler, storage=storage, study_name=study.name)
+    search = SeedGroups(inner, list(study.seeds), metric, SEED_KEY)
+    return ConcurrencyLimiter(search, max_concurrent=concurrent), study.num_samples * len(study.seeds)
 
 
 def _max_concurrent(study: Study, cfg: Config) -> int:
+    """--max-concurrent, else as many trials as the cluster's CPUs (and GPUs) hold now."""
     import ray
     if study.max_concurrent_trials:
         return study.max_concurrent_trials
@@ -313,7 +386,12 @@ def _max_concurrent(study: Study, cfg: Config) -> int:
     fits = [res.get("CPU", 1) // (r.num_workers * r.cpus_per_worker)]
     if r.use_gpu:
         fits.append(res.get("GPU", 0) // (r.num_workers * r.gpus_per_worker))
-    return max(1, int(min(fits)))
+    concurrent = max(1, int(min(fits)))
+    if os.environ.get("RAY_ADDRESS"):  # a cluster may scale up later; Ray does not tell its maximum size
+        log.warning("running up to %d trial(s) at once: what the cluster's %g CPUs / %g GPUs hold now; on an "
+                    "autoscaling cluster pass --max-concurrent N (trials at once) to let it scale up", concurrent,
+                    res.get("CPU", 0), res.get("GPU", 0))
+    return concurrent
 
 
 def _open_parent(study: Study, cfg: Config, uri: str, sweep_dir: Path, runs_dir: Path, resume: bool) -> str:
@@ -324,7 +402,7 @@ def _open_parent(study: Study, cfg: Config, uri: str, sweep_dir: Path, runs_dir:
     params.update({f"fixed.{k}": v for k, v in flatten(cfg.to_dict()).items() if k not in study.space})
     tags = {"dbae.sweep.role": "parent", "dbae.sweep.name": study.name, "dbae.sweep.swept": json.dumps(study.swept),
             "dbae.sweep.search": study.search, "dbae.command": tracking.command_line(),
-            "dbae.hardware": tracking.hardware()}
+            "dbae.driver": tracking.hardware()}  # dbae.hardware comes from the trials' workers (finish_sweep)
     if (commit := tracking.git_commit()) is not None:
         tags["mlflow.source.git.commit"] = commit
     record = sweep_dir / tracking.RUN_FILE
@@ -343,28 +421,67 @@ def _study_dict(study: Study) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def _trial_states(grid) -> dict[str, str]:
-    """Tune's status of every trial (TERMINATED, ERROR, or PENDING/RUNNING/PAUSED when the sweep was interrupted)."""
-    analysis = getattr(grid, "_experiment_analysis", None)
-    return {t.trial_id: t.status for t in getattr(analysis, "trials", [])}
+class SweepFailed(RuntimeError):
+    """Trials of a sweep failed: one line naming them and the files with their full logs (exit code 1)."""
 
 
-def _settle_children(uri: str, parent_run_id: str, states: dict[str, str]) -> int:
-    """A child whose trial Tune ended without an error but that did not finish was stopped early (ASHA): KILLED, with
-    a tag saying so; one whose trial is still pending (an interrupted sweep) is KILLED until --resume reopens it."""
+def _trial_label(result) -> str:
+    """A trial as the user knows it (its child run's name without the trial id): swept values and seed."""
+    config = result.config or {}
+    values = {k: _plain_value(v) for k, v in config.items() if k != SEED_KEY}
+    return trial_name(values, int(config.get(SEED_KEY, 0)))
+
+
+def _error_line(result) -> str:
+    """The last line of a failed trial's error: its exception, not Ray's traceback around it."""
+    lines = [line.strip() for line in str(result.error).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(result.error).__name__
+
+
+def _failure(study: Study, grid, failed: list) -> SweepFailed:
+    first = failed[0]
+    log_file = Path(first.path) / "error.txt" if first.path else None
+    more = f" (and {len(failed) - 1} more: {', '.join(_trial_label(r) for r in failed[1:4])})" if len(failed) > 1 \
+        else ""
+    where = f"; full log: {log_file}" if log_file is not None else ""
+    return SweepFailed(f"sweep {study.name}: {len(failed)} of {len(grid)} trials failed: {_trial_label(first)}: "
+                       f"{_error_line(first)}{more}{where}")
+
+
+class _NoTrialTraceback(logging.Filter):
+    """Tune logs every failed trial with its full traceback; the sweep reports it in one line naming the trial and its
+    error file instead (DBAE_DEBUG=1 keeps Ray's output)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Trial task failed")
+
+
+def _quiet_trial_tracebacks() -> None:
+    if os.environ.get("DBAE_DEBUG"):
+        return
+    controller = logging.getLogger("ray.tune.execution.tune_controller")
+    if not any(isinstance(f, _NoTrialTraceback) for f in controller.filters):
+        controller.addFilter(_NoTrialTraceback())
+
+
+def _settle_children(uri: str, parent_run_id: str, interrupted: bool, failed_trials: set[str]) -> int:
+    """Children Tune ended that did not finish: a failed trial is FAILED; any other was stopped early (ASHA), or, in
+    an interrupted sweep, is waiting for --resume: KILLED, with a tag saying which. Returns the number stopped early."""
     client = tracking.mlflow_client(uri)
-    parent = client.get_run(parent_run_id)
-    runs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                              max_results=5000)
     stopped = 0
-    for run in runs:
-        state = states.get(run.data.tags.get("dbae.sweep.trial", ""))
-        if run.info.status == "FINISHED" or state == "ERROR":
+    for run in tracking.child_runs(uri, parent_run_id):
+        if run.info.status == "FINISHED":
             continue
-        why = "stopped early by the scheduler" if state == "TERMINATED" else "interrupted; --resume continues it"
+        if run.data.tags.get("dbae.sweep.trial") in failed_trials:
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, status="FAILED")
+            continue
+        if run.info.status == "FAILED":
+            continue
+        why = "interrupted; --resume continues it" if interrupted else "stopped early by the scheduler"
         client.set_terminated(run.info.run_id, status="KILLED")
         client.set_tag(run.info.run_id, "dbae.sweep.stopped", why)
-        stopped += state == "TERMINATED"
+        stopped += not interrupted
     return stopped
 
 
@@ -384,20 +501,19 @@ def _best(study: Study, table) -> dict[str, Any] | None:
     return {"values": {k: best[k] for k in study.swept}, "metric": metric, "value": best[col], "n": best["n"]}
 
 
-def _optuna_summary(search, out: Path) -> list[Path]:
+def _optuna_summary(study: Study, sweep_dir: Path, out: Path) -> list[Path]:
     """The Optuna study behind the search: every trial as CSV, the best (or Pareto-optimal) trials as text."""
-    inner = search
-    while hasattr(inner, "searcher"):
-        inner = inner.searcher
-    study = getattr(inner, "_ot_study", None)
-    if study is None:
+    import optuna
+    db = sweep_dir / OPTUNA_DB
+    if study.search != "optuna" or not db.is_file():
         return []
+    ot_study = optuna.load_study(study_name=study.name, storage=f"sqlite:///{db}")
     csv = out / "optuna_trials.csv"
-    study.trials_dataframe().to_csv(csv, index=False)
-    lines = [f"Optuna study: {len(study.trials)} trials, sampler {type(study.sampler).__name__}, "
-             f"directions {[d.name.lower() for d in study.directions]}"]
+    ot_study.trials_dataframe().to_csv(csv, index=False)
+    lines = [f"Optuna study: {len(ot_study.trials)} trials, sampler TPESampler, "
+             f"directions {[d.name.lower() for d in ot_study.directions]} (all trials: {db})"]
     try:
-        best = study.best_trials
+        best = ot_study.best_trials
     except ValueError:
         best = []
     lines.append("best trials (Pareto front when multi-objective):" if best else "no completed trial")
@@ -418,8 +534,9 @@ def run_sweep(study: Study, *, storage_path: str | Path = "runs", resume: bool =
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from dbae_platform import preflight
     from dbae_platform.storage import require_shared_storage
-    from dbae_platform.train import _ray_init
+    from dbae_platform.train import ray_init
 
     cfg = base_config(study, smoke, extra_overrides)
     runs_dir = Path(storage_path).expanduser().resolve()
@@ -427,19 +544,20 @@ def run_sweep(study: Study, *, storage_path: str | Path = "runs", resume: bool =
     sweep_dir = tune_dir / study.name
     if resume and not (sweep_dir / tracking.RUN_FILE).is_file():
         log.info("nothing to resume: no sweep %r under %s yet, so it starts now", study.name, tune_dir)
+    preflight.check_sweep(cfg, runs_dir)  # storage and data, on the driver (and each node), before Ray starts
     uri = tracking.resolve_uri(tracking_uri, cfg.tracking.uri, runs_dir)
     tracking.check_reachable(uri)
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # training reports carry eval/* only at the end
-    _ray_init()
+    ray_init()
     require_shared_storage(runs_dir)  # before anything is written: every trial's node must see the same runs
     sweep_dir.mkdir(parents=True, exist_ok=True)
     parent_run_id = _open_parent(study, cfg, uri, sweep_dir, runs_dir, resume)
-    grid_seeds = study.search != "optuna"
-    search, num_samples = _searcher(study, cfg.train.seed)
+    concurrent = _max_concurrent(study, cfg)
+    search, num_samples = _searcher(study, cfg.train.seed, concurrent, sweep_dir)
     trainable = tune.with_parameters(
-        run_trial, base=cfg.to_dict(), swept=study.swept, seeds=list(study.seeds),
-        trials_dir=str(sweep_dir / "train"), experiment=study.experiment_name, tracking_uri=uri,
-        parent_run_id=parent_run_id, indexed=study.search != "grid")
+        run_trial, base=cfg.to_dict(), swept=study.swept, trials_dir=str(sweep_dir / "train"),
+        experiment=study.experiment_name, tracking_uri=uri, parent_run_id=parent_run_id,
+        indexed=study.search != "grid")
     # The trial function only drives its TorchTrainer, whose workers hold the CPUs/GPUs: it takes no CPU itself
     # (a nominal 1 MiB of memory: Tune needs some resource).
     trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 2**20})
@@ -450,49 +568,55 @@ def run_sweep(study: Study, *, storage_path: str | Path = "runs", resume: bool =
                                   stop_last_trials=False,  # a trial at max_t finishes (eval, MLflow) on its own
                                   grace_period=a.grace_period or cfg.train.ckpt_every,
                                   reduction_factor=a.reduction_factor)
-    concurrent = _max_concurrent(study, cfg)
     run_config = tune.RunConfig(name=study.name, storage_path=str(tune_dir), verbose=1,
                                 failure_config=tune.FailureConfig(max_failures=0))
     tune_path = str(sweep_dir)
     t0 = time.perf_counter()
+    _quiet_trial_tracebacks()
     if resume and tune.Tuner.can_restore(tune_path):
         log.info("restoring the Tune experiment in %s (finished trials are kept)", tune_path)
         tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = tune.Tuner(trainable, param_space=_tune_space(study, grid_seeds=grid_seeds), run_config=run_config,
+        tuner = tune.Tuner(trainable, param_space=_tune_space(study), run_config=run_config,
                            tune_config=tune.TuneConfig(search_alg=search, scheduler=scheduler,
-                                                       num_samples=num_samples,
-                                                       max_concurrent_trials=concurrent))
+                                                       num_samples=num_samples))
     log.info("sweep %s: %s search over %s, seeds %s, up to %d trials at once", study.name, study.search,
              ", ".join(study.swept), list(study.seeds), concurrent)
     grid = tuner.fit()
-    errors = [r.error for r in grid if r.error is not None]
-    log.info("sweep %s: %d trials in %.0f s (%d errored)", study.name, len(grid), time.perf_counter() - t0,
-             len(errors))
-    states = _trial_states(grid)
-    stopped = _settle_children(uri, parent_run_id, states)
+    failed = [r for r in grid if r.error is not None]
+    log.info("sweep %s: %d trials in %.0f s (%d failed)", study.name, len(grid), time.perf_counter() - t0,
+             len(failed))
+    interrupted = grid.num_terminated + grid.num_errors < len(grid)  # Ctrl-C: Tune saved its state
+    failed_ids = {str(r.metrics.get("trial_id")) for r in failed if r.metrics}
+    stopped = _settle_children(uri, parent_run_id, interrupted, failed_ids)
     if stopped:
         log.info("%d trial(s) stopped early (marked KILLED in MLflow)", stopped)
-    if any(state not in ("TERMINATED", "ERROR") for state in states.values()):  # Ctrl-C: Tune saved its state
+    if interrupted:
         tracking.finish_run(uri, parent_run_id, "KILLED")
         raise KeyboardInterrupt(f"sweep {study.name} interrupted")
-    result = finish_sweep(study, uri, parent_run_id, sweep_dir / "ablation", search=search,
-                          status="FAILED" if errors and len(errors) == len(grid) else "FINISHED")
+    result = finish_sweep(study, uri, parent_run_id, sweep_dir / "ablation",
+                          status="FAILED" if failed else "FINISHED")
+    if failed:  # the table of the trials that finished is written; the command still fails, naming the others
+        raise _failure(study, grid, failed)
     return dataclasses.replace(result, trials=len(grid))
 
 
-def finish_sweep(study: Study, uri: str, parent_run_id: str, out: Path, search=None,
+def finish_sweep(study: Study, uri: str, parent_run_id: str, out: Path,
                  status: str = "FINISHED") -> SweepResult:
     """Ablation table (md, csv, parquet), plots, best trial and Optuna summary onto the parent run."""
     out.mkdir(parents=True, exist_ok=True)
     table, swept, _ = ablation.table_from_mlflow(uri, study.experiment_name, parent_run_id, include_unfinished=False)
     paths = ablation.write_table(table, out)
     plots = ablation.plot_metrics(table, swept, out) if table.num_rows else []
-    extra = _optuna_summary(search, out) if search is not None else []
+    extra = _optuna_summary(study, out.parent, out)
     best = _best(study, table)
     client = tracking.mlflow_client(uri)
     for path in [*paths.values(), *plots, *extra]:
         client.log_artifact(parent_run_id, str(path), "ablation")
+    hardware = sorted({r.data.tags["dbae.hardware"] for r in tracking.child_runs(client, parent_run_id)
+                       if "dbae.hardware" in r.data.tags})
+    if hardware:  # what the trials' workers ran on, as they recorded it
+        client.set_tag(parent_run_id, "dbae.hardware", "; ".join(hardware)[:5000])
     metrics = {}
     if best is not None:
         (out / "best.json").write_text(json.dumps(best, indent=2, default=str))

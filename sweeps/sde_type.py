@@ -3,7 +3,9 @@
     python sweeps/sde_type.py --smoke
     python sweeps/sde_type.py --preset shapes32 --seeds 3
 
-The bridge schedule takes each SDE's defaults (objective.bridge: {}), so VP and VE are compared at their own settings.
+The bridge schedule takes each SDE's defaults (objective.bridge: {}), so VP and VE are compared at their own settings,
+and every method trains the release's objective (entropy weight 0: the term exists only for the stochastic encoder;
+sweeps/entropy_weight.py sweeps it).
 """
 
 import sys
@@ -15,7 +17,7 @@ STUDY = Study(
     name="sde_type",
     description="VP vs VE bridges, with DBAE and DBAE-d.",
     preset="tiny",
-    overrides={"objective.bridge": {}},
+    overrides={"objective.bridge": {}, "objective.entropy_weight": 0.0},
     space={"objective.sde": ["vp", "ve"], "model.method": ["dbae", "dbae_d"]},
     search="grid",
     metric=("eval/recon_mse",),

@@ -110,15 +110,33 @@ def test_job_upload_leaves_out_git_runs_data_and_the_venv_but_keeps_all_source(t
     (tmp_path / ".rayignore").write_text((ROOT / ".rayignore").read_text())
     source = ["dbae_core/__init__.py", "dbae_core/data/__init__.py", "dbae_core/data/shapes.py",
               "dbae_platform/train.py", "sweeps/latent_dim.py", "configs/tiny.yaml"]
-    local = [".git/HEAD", ".venv/bin/python", "runs/mlflow.db", "runs/demo/checkpoint_1/state.pt", "data/x.parquet",
-             "mlruns/0/meta.yaml", "model.pt"]
+    local = [".git/index", ".git/objects/ab/cdef", ".git/logs/HEAD", ".venv/bin/python", "runs/mlflow.db",
+             "runs/demo/checkpoint_1/state.pt", "data/x.parquet", "mlruns/0/meta.yaml", "model.pt"]
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    provenance = {".git/HEAD": "ref: refs/heads/main\n", ".git/refs/heads/main": commit + "\n"}
     for name in source + local:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
+    for name, text in provenance.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
     listed = yaml.safe_load((ROOT / "sweeps" / "runtime_env.yaml").read_text())["excludes"]
     uploaded = _uploaded(tmp_path, listed if excludes == "runtime_env.yaml" else [])
     assert set(source) <= uploaded  # dbae_core/data/ is source, not data
     assert not uploaded & set(local), uploaded & set(local)
+    assert set(provenance) <= uploaded  # HEAD and the refs travel: the job records the commit without git's objects
+
+    # What the job's driver sees on the cluster: HEAD and refs without objects, so git cannot answer; the commit is
+    # read from the files (loose ref, then packed-refs).
+    from dbae_platform.tracking import git_commit
+    job = tmp_path / "job"
+    for name, text in provenance.items():
+        (job / name).parent.mkdir(parents=True, exist_ok=True)
+        (job / name).write_text(text)
+    assert git_commit(job) == commit
+    (job / ".git" / "refs" / "heads" / "main").unlink()
+    (job / ".git" / "packed-refs").write_text(f"# pack-refs with: peeled\n{commit} refs/heads/main\n")
+    assert git_commit(job) == commit
 
 
 def test_onprem_config_lists_its_machines():
@@ -214,6 +232,28 @@ def test_kuberay_cluster_is_locked_down_and_on_shared_storage(kind, spec):
         assert group["maxReplicas"] >= 1
         for container in group["template"]["spec"]["containers"]:
             assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+
+
+def _gpu_presets() -> list[str]:
+    from dbae_platform.config import load_config
+    return [p.stem for p in sorted((ROOT / "configs").glob("*.yaml")) if load_config(p.stem).resources.use_gpu]
+
+
+@pytest.mark.parametrize("preset", _gpu_presets())
+@pytest.mark.parametrize("kind,spec", _ray_cluster_specs(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_gpu_preset_fits_the_kuberay_worker_pods(kind, spec, preset):
+    """A Ray worker of a GPU preset must fit one worker pod (or it waits forever), and a trial's workers must fit the
+    group's maximum size; the manifests' comments state the preset's numbers."""
+    from dbae_platform.config import load_config
+    r = load_config(preset).resources
+    for group in spec["workerGroupSpecs"]:
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert r.cpus_per_worker <= float(limits["cpu"]), (preset, group["groupName"], limits)
+        assert r.gpus_per_worker <= int(limits.get("nvidia.com/gpu", 0)), (preset, group["groupName"])
+        assert r.num_workers <= group["maxReplicas"] * int(float(limits["cpu"]) // r.cpus_per_worker)
+    path = next(p for p in KUBERAY_FILES if f"kind: {kind}" in p.read_text())
+    said = re.findall(r"(\d+) CPUs \+ (\d+) GPU per Ray worker", path.read_text())
+    assert said and all((float(c), float(g)) == (r.cpus_per_worker, r.gpus_per_worker) for c, g in said), said
 
 
 def test_kuberay_shared_claim_is_read_write_many():

@@ -44,6 +44,17 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted(run_dir.glob("checkpoint_*"))
 
 
+def registered(run_dir: Path) -> list[int]:
+    """Steps of the checkpoints Ray Train has registered for the run (its snapshot file), [] before the first."""
+    import json
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    try:
+        results = json.loads(snapshot.read_text())["checkpoint_results"]
+    except (OSError, ValueError, KeyError):  # not written yet, or mid-write
+        return []
+    return [int(r["metrics"]["step"]) for r in results]
+
+
 def train_worker_pids() -> list[int]:
     pids = []
     for proc in Path("/proc").iterdir():
@@ -72,11 +83,12 @@ def test_two_worker_ddp_run_survives_a_killed_worker_and_is_tracked(tmp_path, lo
     thread = threading.Thread(target=lambda: out.setdefault("result", train(cfg)))
     thread.start()
     deadline = time.monotonic() + 240
-    while not checkpoints(tmp_path / "runs" / "ddp") and time.monotonic() < deadline:
-        time.sleep(0.2)
+    while not registered(tmp_path / "runs" / "ddp") and time.monotonic() < deadline:
+        time.sleep(0.1)
     pids = train_worker_pids()
     assert pids, "no Ray Train worker process found"
-    os.kill(pids[-1], signal.SIGKILL)
+    os.kill(pids[-1], signal.SIGKILL)  # after Ray Train registered a checkpoint: the restart must begin there
+    last = max(registered(tmp_path / "runs" / "ddp"))
     thread.join(timeout=400)
     assert "result" in out, "training did not finish after a worker was killed"
     result = out["result"]
@@ -87,6 +99,11 @@ def test_two_worker_ddp_run_survives_a_killed_worker_and_is_tracked(tmp_path, lo
     assert run.data.tags["dbae.preset"] == "ddp" and "dbae.seed" in run.data.tags
     client = client_for(tmp_path)
     assert steps_of(client, result.run_id) == [2, 4, 6, 8, 10, 12]  # each step once, in order, across the restart
+    # The restart happened and began at the newest checkpoint written before the kill, so no step up to it was
+    # trained twice: rank 0 records where each (re)start began (train/start_step: value = step).
+    starts = [int(m.value) for m in sorted(client.get_metric_history(result.run_id, "train/start_step"),
+                                           key=lambda m: m.timestamp)]
+    assert starts == [0, last] and last >= 4, (starts, last)
     assert all(m.value > 0 for m in client.get_metric_history(result.run_id, "train/images_per_s"))
     assert 0 < run.data.metrics["eval/recon_mse"] < 1 and "eval/ssim" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
@@ -242,3 +259,59 @@ def test_tracking_server_dropping_mid_run_does_not_kill_it(tmp_path, local_ray):
         assert steps_of(client, run_id) == list(range(2, 25, 2))
     finally:
         os.killpg(server.pid, signal.SIGKILL)
+
+
+def test_results_the_store_did_not_take_fail_the_run_and_a_rerun_logs_them(tmp_path, local_ray, monkeypatch, capsys):
+    import json
+
+    from ray.train import UserCallback
+
+    from dbae_platform.tracking import IncompleteLogError
+    from dbae_platform.train import train
+
+    class StoreDiesAtFinalReport(UserCallback):  # local, so Ray pickles it by value for its Train controller
+        """Kills the MLflow server once the final evaluation has been reported: the run ends with results on disk
+        that the store never received."""
+
+        def __init__(self, pid: int) -> None:
+            self.pid = pid
+
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            if any("eval/recon_mse" in m for m in metrics):
+                os.killpg(self.pid, signal.SIGKILL)
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the server is gone for good: fail fast
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _mlflow_server(tmp_path, port)
+    cfg = config(tmp_path, "durable", "train.steps=4", "eval.suites=[recon]", "eval.n=4", "eval.sampler_steps=2")
+    record = tmp_path / "runs" / "durable" / "result.json"
+    try:
+        with pytest.raises(IncompleteLogError, match="lacks") as failed:
+            train(cfg, tracking_uri=uri, callbacks=[StoreDiesAtFinalReport(server.pid)])
+        assert str(record) in str(failed.value) and "rerun the same command" in str(failed.value)
+        saved = json.loads(record.read_text())
+        assert saved["logged"] is False and 0 < saved["metrics"]["eval/recon_mse"] < 1  # safe on disk
+        # `dbae train` says so in one line and exits 1
+        capsys.readouterr()
+        argv = ["train", "tiny", "--tracking-uri", uri, *[a for o in FAST for a in ("--set", o)],
+                "--set", "name=durable", "--set", f"tracking.runs_dir={tmp_path / 'runs'}", "--set", "train.steps=4",
+                "--set", "eval.suites=[recon]", "--set", "eval.n=4", "--set", "eval.sampler_steps=2"]
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) >= 1 and "MLflow at" in err[-1] and "lacks" in err[-1] and "Traceback" not in "".join(err)
+
+        server = _mlflow_server(tmp_path, port)  # the store is back: the rerun logs them without training again
+        result = train(cfg, tracking_uri=uri)
+        client = mlflow_tracking.MlflowClient(uri)
+        run = client.get_run(result.run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["eval/recon_mse"] == pytest.approx(saved["metrics"]["eval/recon_mse"], rel=1e-6)
+        images = [a.path for a in client.list_artifacts(result.run_id, "images")]
+        assert any("eval_reconstructions" in p for p in images)
+        assert {"config.yaml", "ema.pt"} <= {a.path for a in client.list_artifacts(result.run_id)}
+        assert json.loads(record.read_text())["logged"] is True
+        assert "dbae.hardware" in run.data.tags and "torch" in run.data.tags["dbae.hardware"]
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+

@@ -1,13 +1,14 @@
 """Sweeps end to end on a real local Ray cluster and a real sqlite MLflow store (tiny preset, a few steps per trial)."""
 
 import json
-import math
+import statistics
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
+from test_search_paths import check_seed_groups
 
 from dbae_platform import cli
 from dbae_platform.config import ConfigError
@@ -23,32 +24,32 @@ def children(client: MlflowClient, parent_id: str):
 
 
 def test_grid_sweep_parent_children_table_and_plots(local_ray, tmp_path, capsys):
-    study = Study(name="grid", space={"model.latent_dim": [32, 8, 16]}, search="grid")
+    study = Study(name="grid", space={"model.latent_dim": [16, 8]}, search="grid", seeds=(0, 1))
     result = run_sweep(study, storage_path=tmp_path, smoke=True)
     client = MlflowClient(result.tracking_uri)
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["dbae.sweep.role"] == "parent"
     assert json.loads(parent.data.tags["dbae.sweep.swept"]) == ["model.latent_dim"]
-    assert json.loads(parent.data.params["space.model.latent_dim"]) == [32, 8, 16]
+    assert json.loads(parent.data.params["space.model.latent_dim"]) == [16, 8]
 
+    # Each configuration once per seed; the table has one row per configuration (sorted by the swept value) with
+    # n = 2 and its seeds' mean and std, and `best` is the configuration with the best seed mean.
     kids = children(client, result.parent_run_id)
-    assert sorted(r.info.run_name for r in kids) == [trial_name({"model.latent_dim": d}, 0) for d in (16, 32, 8)]
-    assert {r.info.status for r in kids} == {"FINISHED"}
-    by_dim = {int(r.data.params["model.latent_dim"]): r.data.metrics for r in kids}
-    assert all("eval/recon_mse" in m and "val/recon_mse" in m for m in by_dim.values())
-
-    # The table holds each child's own numbers (one seed: the mean is the value, no std), sorted by the swept value.
-    table = pq.read_table(result.artifacts["parquet"])
-    rows = table.to_pylist()
-    assert [r["model.latent_dim"] for r in rows] == [8, 16, 32]
+    assert sorted(r.info.run_name for r in kids) == sorted(trial_name({"model.latent_dim": d}, s)
+                                                           for d in (16, 8) for s in (0, 1))
+    assert all("eval/recon_mse" in r.data.metrics and "val/recon_mse" in r.data.metrics for r in kids)
+    groups = check_seed_groups(study, result, configs=2)
+    rows = pq.read_table(result.artifacts["parquet"]).to_pylist()
+    assert [r["model.latent_dim"] for r in rows] == [8, 16]
     for r in rows:
-        assert r["n"] == 1
-        for metric in ("recon_mse", "ssim", "psnr"):
-            assert r[f"{metric}_mean"] == pytest.approx(by_dim[r["model.latent_dim"]][f"eval/{metric}"], rel=1e-12)
-            assert math.isnan(r[f"{metric}_std"])
-    best_dim = min(by_dim, key=lambda d: by_dim[d]["eval/recon_mse"])
-    assert result.best["values"] == {"model.latent_dim": best_dim}
+        runs = groups[json.dumps({"model.latent_dim": r["model.latent_dim"]})]
+        per_seed = [k.data.metrics["eval/ssim"] for k in runs]
+        assert r["ssim_mean"] == pytest.approx(statistics.fmean(per_seed), rel=1e-12)
+        assert r["ssim_std"] == pytest.approx(statistics.stdev(per_seed), rel=1e-12)
+    hardware = {k.data.tags["dbae.hardware"] for k in kids}  # recorded by the workers; the parent lists them
+    assert all("torch" in h and "rank 0 on 1 node" in h for h in hardware)
+    assert client.get_run(result.parent_run_id).data.tags["dbae.hardware"] == "; ".join(sorted(hardware))
 
     # Parent artifacts: the table in three formats and one valid PNG plot per metric.
     names = {a.path for a in client.list_artifacts(result.parent_run_id, "ablation")}
@@ -58,37 +59,17 @@ def test_grid_sweep_parent_children_table_and_plots(local_ray, tmp_path, capsys)
     assert png.read_bytes()[:8] == PNG
     with Image.open(png) as img:
         img.verify()
-    assert len(result.table_markdown.splitlines()) == 2 + 3
+    assert len(result.table_markdown.splitlines()) == 2 + 2
 
     # `dbae table` rebuilds the same table from MLflow alone.
     capsys.readouterr()
     assert cli.main(["table", "sweep/grid", "--runs-dir", str(tmp_path), "--format", "csv"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].split(",")[:2] == ['"model.latent_dim"', '"n"'] and len(lines) == 4
+    assert lines[0].split(",")[:2] == ['"model.latent_dim"', '"n"'] and len(lines) == 3
 
     # Rerunning without --resume is refused in one line; the finished sweep stays as it was.
     with pytest.raises(ConfigError, match="--resume"):
         run_sweep(study, storage_path=tmp_path, smoke=True)
-
-
-def test_optuna_multi_objective_four_trials(local_ray, tmp_path):
-    study = Study(name="tpe", search="optuna", num_samples=4, max_concurrent_trials=2,
-                  space={"model.latent_dim": [8, 16, 32], "train.lr": {"loguniform": [1e-4, 1e-2]}},
-                  metric=("eval/recon_mse", "eval/ssim"), mode=("min", "max"))
-    result = run_sweep(study, storage_path=tmp_path, smoke=True)
-    client = MlflowClient(result.tracking_uri)
-    kids = children(client, result.parent_run_id)
-    assert len(kids) == 4 and {r.info.status for r in kids} == {"FINISHED"}
-    lrs = [float(r.data.params["train.lr"]) for r in kids]
-    assert all(1e-4 <= lr <= 1e-2 for lr in lrs) and len(set(lrs)) == 4
-    out = result.artifacts["md"].parent
-    trials = (out / "optuna_trials.csv").read_text().strip().splitlines()
-    assert len(trials) == 1 + 4 and all(",COMPLETE" in line for line in trials[1:])
-    summary = (out / "optuna_summary.txt").read_text()
-    assert "directions ['minimize', 'maximize']" in summary and "Pareto" in summary
-    # every child's (recon_mse, ssim) pair appears among the Optuna trials' values
-    for r in kids:
-        assert f"{r.data.metrics['eval/recon_mse']:.6g}"[:6] in (out / "optuna_trials.csv").read_text()
 
 
 def test_asha_stops_the_bad_trial_early(local_ray, tmp_path):
@@ -162,3 +143,21 @@ def test_trial_names_follow_the_swept_values():
         "sde=ve,method=dbae_d,seed=2,trial=5f3a"
     assert trial_name({"train.lr": 0.00012345}, 1) == "lr=0.000123,seed=1"
     assert Path(trial_name({"a": 1}, 0)).name == "a=1,seed=0"
+
+
+def test_concurrency_from_the_resources_present_warns_on_a_cluster(monkeypatch, caplog):
+    """On a cluster (RAY_ADDRESS) that may scale up, sizing the sweep by what is present at start says so in one line
+    with the fix; --max-concurrent silences it. (Ray's resource query is replaced: no cluster here.)"""
+    import ray
+
+    from dbae_platform.tune import _max_concurrent, base_config
+    study = Study(name="x", preset="shapes32", space={"model.latent_dim": [8]})
+    cfg = base_config(study)  # shapes32: 1 worker with 6 CPUs + 1 GPU
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})  # a CPU head, no GPU worker yet
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    with caplog.at_level("WARNING"):
+        assert _max_concurrent(study, cfg) == 1
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "--max-concurrent" in warned[0] and "autoscaling" in warned[0]
+    caplog.clear()
+    assert _max_concurrent(study.replace(max_concurrent_trials=5), cfg) == 5 and not caplog.records
