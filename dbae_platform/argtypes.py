@@ -97,24 +97,25 @@ def existing_path(text: str) -> Path:
     return path
 
 
+def _existing(text: str, want_dir: bool) -> Path:
+    """`text` as a path that exists and is a directory (`want_dir`) or a file, else a one-line argparse error."""
+    path = Path(text).expanduser()
+    if path.is_dir() != want_dir or not path.exists():
+        what = "does not exist" if not path.exists() else "is a file" if want_dir else "is a directory"
+        raise argparse.ArgumentTypeError(f"{text} {what}: pass an existing {'directory' if want_dir else 'file'}")
+    return path
+
+
 @_kind("input file")
 def existing_file(text: str) -> Path:
     """A file that must exist (read by the command)."""
-    path = Path(text).expanduser()
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise argparse.ArgumentTypeError(f"{text} {what}: pass an existing file")
-    return path
+    return _existing(text, want_dir=False)
 
 
 @_kind("input directory")
 def existing_dir(text: str) -> Path:
     """A directory that must exist (read by the command)."""
-    path = Path(text).expanduser()
-    if not path.is_dir():
-        what = "is a file" if path.exists() else "does not exist"
-        raise argparse.ArgumentTypeError(f"{text} {what}: pass an existing directory")
-    return path
+    return _existing(text, want_dir=True)
 
 
 @_kind("output directory")

@@ -22,6 +22,15 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module of small CPU work: faster than two when the 2-core machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
 def local_ray():
     """A real local Ray cluster for one test module: 2 CPUs, dashboard (Train's state API needs it) on loopback."""
     import ray

@@ -28,13 +28,7 @@ SHAPES_KEYS = RECON | {"eval/probe_ap", "eval/probe_r2", "eval/probe_pearson", "
                        "eval/gaussian/kid", "eval/gaussian/precision", "eval/gaussian/recall"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small CPU work runs faster on one thread when the 2-core machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small CPU work: faster on one thread (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

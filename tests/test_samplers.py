@@ -8,14 +8,7 @@ import torch
 from dbae_core.bridges import expand_as, make_bridge
 from dbae_core.samplers import expected_nfe, karras_grid, sample_bridge
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Elementwise work on small tensors runs faster on one thread when the 2-core machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: faster on one thread (tests/conftest.py)
 
 
 def test_karras_grid_formula():
