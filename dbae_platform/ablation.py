@@ -185,11 +185,22 @@ def to_markdown(table: pa.Table, digits: int = 4) -> str:
     escape = lambda s: str(s).replace("|", "\\|")
     lines = ["| " + " | ".join(escape(c) for c in keys + metrics) + " |",
              "|" + "|".join("---:" if c == "n" else "---" for c in keys) + "|" + "---:|" * len(metrics)]
-    for row in table.to_pylist():
-        cells = ["" if row[c] is None else escape(row[c]) for c in keys]
+    shown = {c: _swept_texts(table.column(c).to_pylist(), digits) for c in keys}
+    for i, row in enumerate(table.to_pylist()):
+        cells = ["" if row[c] is None else escape(shown[c][i]) for c in keys]
         cells += [_cell(row[f"{m}_mean"], row[f"{m}_std"], digits) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _swept_texts(values: list[Any], digits: int) -> list[str]:
+    """A column's cells: floats to `digits` significant digits (sampled values such as 1.291e-05), unless two
+    different values would then read the same; everything else as it is."""
+    floats = [v for v in values if isinstance(v, float)]
+    short = {v: f"{v:.{digits}g}" for v in floats}
+    if len(set(short.values())) < len(set(floats)):
+        short = {v: repr(v) for v in floats}
+    return [short[v] if isinstance(v, float) else str(v) for v in values]
 
 
 def write_table(table: pa.Table, out_dir: str | Path) -> dict[str, Path]:
