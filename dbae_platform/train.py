@@ -394,12 +394,14 @@ def _write_result(run_dir: Path, record: dict[str, Any]) -> None:
 
 def train(cfg: Config, tracking_uri: str | None = None, parent_run_id: str | None = None, *,
           tags: dict[str, str] | None = None, callbacks: list[Any] | None = None,
-          check_storage: bool = True) -> TrainResult:
+          check_storage: bool = True, settle_status: bool = True) -> TrainResult:
     """Train `cfg` on Ray (local unless RAY_ADDRESS is set), tracked in MLflow; rerunning resumes.
 
     `parent_run_id` nests the MLflow run under a sweep's parent run and `tags` adds to its tags; `callbacks` are Ray
     Train callbacks (a Tune trial passes TuneReportCallback, so its reports reach Tune). On a multi-node cluster the
-    runs directory must be shared by every node (`check_storage`; a sweep checks once for all its trials).
+    runs directory must be shared by every node (`check_storage`; a sweep checks once for all its trials). A sweep's
+    trial passes `settle_status=False`: when the scheduler stops a trial, `fit` raises here as for a failure, so the
+    sweep's driver, which knows which it was, sets the run's status.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -452,10 +454,12 @@ def train(cfg: Config, tracking_uri: str | None = None, parent_run_id: str | Non
     try:
         result = trainer.fit()
     except KeyboardInterrupt:
-        _mark(uri, run_id, "KILLED")
+        if settle_status:
+            _mark(uri, run_id, "KILLED")
         raise
     except Exception as err:
-        _mark(uri, run_id, "FAILED")
+        if settle_status:
+            _mark(uri, run_id, "FAILED")
         raise RuntimeError(f"training failed: {err}") from err
     checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else None
     metrics = dict(result.metrics or {})

@@ -329,8 +329,10 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], swept: list[str],
                              "tracking.runs_dir": trials_dir, "tracking.experiment": experiment})
     finished_before = (run_paths(cfg)[1] / RESULT_FILE).is_file()
     tags = {"dbae.sweep.values": json.dumps(values), "dbae.sweep.trial": trial_id}
+    # The sweep's driver checked the storage path for all trials, and it sets the status of a trial that ends
+    # without finishing (stopped by ASHA: KILLED; failed: FAILED), which train() cannot tell apart.
     result = train(cfg, tracking_uri, parent_run_id, tags=tags, callbacks=[TuneReportCallback()],
-                   check_storage=False)  # the sweep's driver checked the storage path for all trials
+                   check_storage=False, settle_status=False)
     if finished_before:  # no Ray Train run happened, so nothing reached Tune: report the stored result
         tune.report({**result.metrics, "step": result.step})
 
@@ -464,9 +466,23 @@ def _quiet_trial_tracebacks() -> None:
         controller.addFilter(_NoTrialTraceback())
 
 
+def _failed_trial_ids(failed: list) -> set[str]:
+    """The Tune trial ids of failed results: from their last report, else from their directory's name
+    (`<trainable>_<trial id>_<index>_...`), for a trial that failed before it reported anything."""
+    ids = set()
+    for r in failed:
+        if r.metrics and r.metrics.get("trial_id"):
+            ids.add(str(r.metrics["trial_id"]))
+        elif r.path:
+            parts = Path(r.path).name.split("_")
+            ids.update("_".join(parts[i:i + 2]) for i in range(len(parts) - 1))
+    return ids
+
+
 def _settle_children(uri: str, parent_run_id: str, interrupted: bool, failed_trials: set[str]) -> int:
-    """Children Tune ended that did not finish: a failed trial is FAILED; any other was stopped early (ASHA), or, in
-    an interrupted sweep, is waiting for --resume: KILLED, with a tag saying which. Returns the number stopped early."""
+    """Children Tune ended that did not finish: a failed trial is FAILED; any other was stopped early (ASHA; its
+    train() may have marked it FAILED as Tune stopped it), or, in an interrupted sweep, is waiting for --resume:
+    KILLED, with a tag saying which. Returns the number stopped early."""
     client = tracking.mlflow_client(uri)
     stopped = 0
     for run in tracking.child_runs(uri, parent_run_id):
@@ -475,8 +491,6 @@ def _settle_children(uri: str, parent_run_id: str, interrupted: bool, failed_tri
         if run.data.tags.get("dbae.sweep.trial") in failed_trials:
             if run.info.status == "RUNNING":
                 client.set_terminated(run.info.run_id, status="FAILED")
-            continue
-        if run.info.status == "FAILED":
             continue
         why = "interrupted; --resume continues it" if interrupted else "stopped early by the scheduler"
         client.set_terminated(run.info.run_id, status="KILLED")
@@ -587,8 +601,7 @@ def run_sweep(study: Study, *, storage_path: str | Path = "runs", resume: bool =
     log.info("sweep %s: %d trials in %.0f s (%d failed)", study.name, len(grid), time.perf_counter() - t0,
              len(failed))
     interrupted = grid.num_terminated + grid.num_errors < len(grid)  # Ctrl-C: Tune saved its state
-    failed_ids = {str(r.metrics.get("trial_id")) for r in failed if r.metrics}
-    stopped = _settle_children(uri, parent_run_id, interrupted, failed_ids)
+    stopped = _settle_children(uri, parent_run_id, interrupted, _failed_trial_ids(failed))
     if stopped:
         log.info("%d trial(s) stopped early (marked KILLED in MLflow)", stopped)
     if interrupted:
