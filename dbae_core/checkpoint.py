@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state",
+__all__ = ["CheckpointError", "REQUIRED_KEYS", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state",
            "set_rng_state"]
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^step_(\d{9})\.pt$")
-_REQUIRED = ("model", "ema", "optimizer", "step")
+REQUIRED_KEYS = ("model", "ema", "optimizer", "step")  # what every training state holds
 
 
 class CheckpointError(RuntimeError):
@@ -76,7 +76,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}): it is truncated or not a "
                               "torch file; delete it to resume from the previous one") from None
-    missing = [k for k in _REQUIRED if not isinstance(state, dict) or k not in state]
+    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}: it was not written by dbae training")
     return state

@@ -18,17 +18,16 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
-from dbae_core.checkpoint import CheckpointError
+from dbae_core.checkpoint import REQUIRED_KEYS, CheckpointError
 from dbae_platform.argtypes import blocking_file
 from dbae_platform.config import Config, ConfigError, load_config
+from dbae_platform.train import STATE_FILE
 
 __all__ = ["check_run", "check_sweep", "check_directories", "check_data", "check_data_on_nodes",
            "newest_loadable_checkpoint", "resume_state"]
 
 log = logging.getLogger(__name__)
-STATE_FILE = "state.pt"
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train's checkpoint_<date and time> directories: sorted by name, oldest first
-REQUIRED_KEYS = ("model", "ema", "optimizer", "step")  # what dbae_core.checkpoint.load_checkpoint requires
 NODE_TIMEOUT_S = 120.0
 
 

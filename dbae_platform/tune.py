@@ -467,15 +467,14 @@ def _quiet_trial_tracebacks() -> None:
 
 
 def _failed_trial_ids(failed: list) -> set[str]:
-    """The Tune trial ids of failed results: from their last report, else from their directory's name
-    (`<trainable>_<trial id>_<index>_...`), for a trial that failed before it reported anything."""
+    """The Tune trial ids of failed results: from their last report, or, for a trial that failed before reporting,
+    from its directory's name, `<trainable>_<trial id>_<index>_<values>_<time>`."""
     ids = set()
     for r in failed:
         if r.metrics and r.metrics.get("trial_id"):
             ids.add(str(r.metrics["trial_id"]))
         elif r.path:
-            parts = Path(r.path).name.split("_")
-            ids.update("_".join(parts[i:i + 2]) for i in range(len(parts) - 1))
+            ids.add("_".join(Path(r.path).name.removeprefix(f"{run_trial.__name__}_").split("_")[:2]))
     return ids
 
 
