@@ -47,7 +47,8 @@ def test_decoder_rejects_other_sizes():
 def test_paper_presets_follow_the_release_training_and_the_preset_sets_the_prior_budget():
     """The release (ddbm/train_util.py) never clips gradients: celeba64/ffhq128 do not either, while clipping stays a
     setting (its default is 1.0). The latent prior behind eval/fid trains at the preset's budget: long on the paper
-    presets (all training latents), a few hundred steps on the CPU presets."""
+    presets (all training latents), a few thousand steps on the CPU study presets (3k: the FID of Fashion-MNIST samples
+    fell from 340 at 300 steps to 197 and stayed there at 10k) and a few hundred on the smoke preset."""
     from dbae_core.training import TrainConfig
     from dbae_platform.config import load_config
 
@@ -56,6 +57,6 @@ def test_paper_presets_follow_the_release_training_and_the_preset_sets_the_prior
         cfg = load_config(name, ["data.dataset=shapes", "data.flip=false"])
         assert cfg.train.grad_clip == 0.0
         assert cfg.eval.prior_steps >= 50_000 and cfg.eval.prior_images is None
-    for name in ("tiny", "repro_shapes32", "repro_fashion32"):
+    for name, steps in (("tiny", 300), ("repro_shapes32", 3000), ("repro_fashion32", 3000)):
         cfg = load_config(name, ["data.dataset=shapes", "data.flip=false"])
-        assert cfg.train.grad_clip == 1.0 and cfg.eval.prior_steps <= 500 and cfg.eval.prior_images <= 2000
+        assert cfg.train.grad_clip == 1.0 and cfg.eval.prior_steps == steps and cfg.eval.prior_images <= 2000
