@@ -42,15 +42,18 @@ EXPECTED = [
 LATENT = {16: 0.030, 64: 0.020, 256: 0.015}  # latent_dim -> recon_mse: falls monotonically
 
 
-def _sweep(client, name, swept, trials, params, command):
+def _sweep(client, name, swept, trials, params, command, seeds=None):
+    """A sweep as the driver writes it; `seeds[i]` is trial i's seed (default 0 for all)."""
     exp = client.create_experiment(f"sweep/{name}")
     parent = client.create_run(exp, run_name=name, tags={
         "dbae.sweep.role": "parent", "dbae.sweep.name": name, "dbae.sweep.swept": json.dumps(swept),
         "dbae.command": command, "dbae.hardware": "Test CPU, 2 CPU cores, no GPU, torch x",
         "mlflow.source.git.commit": "0123456789abcdef"})
-    for values, metrics in trials:
-        run = client.create_run(exp, run_name=str(values), tags={
-            "mlflow.parentRunId": parent.info.run_id, "dbae.sweep.values": json.dumps(values), "dbae.seed": "0"})
+    for i, (values, metrics) in enumerate(trials):
+        seed = str(seeds[i] if seeds else 0)
+        run = client.create_run(exp, run_name=f"{values} seed {seed}", tags={
+            "mlflow.parentRunId": parent.info.run_id, "dbae.sweep.values": json.dumps(values), "dbae.seed": seed})
+        client.log_param(run.info.run_id, "train.seed", seed)
         for k, v in {**params, **values}.items():
             client.log_param(run.info.run_id, k, v)
         for k, v in metrics.items():
@@ -77,12 +80,14 @@ def store(tmp_path):
 
 
 def test_claims_have_the_verdicts_their_numbers_imply(store):
+    """One seed: each claim's direction, but no verdict, since the seed noise is unmeasured."""
     uri, _ = store
     sweeps = report.collect(MlflowClient(uri))
     assert [s.name for s in sweeps] == ["paper_ablation_shapes32", "latent_dim"]  # smoke sweep left out
     assert [s.kind for s in sweeps] == ["methods", "latent_dim"]
     verdicts = report.check_claims(sweeps)
-    assert [v.agrees for v in verdicts] == EXPECTED
+    assert [v.direction for v in verdicts] == EXPECTED
+    assert {v.status for v in verdicts} == {"one seed"} and {v.agrees for v in verdicts} == {None}
     assert verdicts[7].metric == "probe_ap"  # the attribute probe on shapes
     assert verdicts[-1].margin() == "25.0× faster"
     assert verdicts[0].margin().startswith("+0.05 (+7 %); paper +0.033 (+4 %)")
@@ -97,10 +102,10 @@ def test_a_dataset_without_attributes_gets_the_class_probe_and_no_tad_claims(sto
            {"data.dataset": "fashion_mnist"}, "python sweeps/paper_ablation.py --preset repro_fashion32")
     fashion = [v for v in report.check_claims(report.collect(client)) if v.dataset == "fashion_mnist"]
     assert {v.metric for v in fashion} == {"ssim", "recon_mse", "probe_class_ap"}  # no TAD, ATTRS, encode time
-    probe = [v.agrees for v in fashion if v.metric == "probe_class_ap"]
+    probe = [v.direction for v in fashion if v.metric == "probe_class_ap"]
     assert probe == [True, True, True]  # 0.7 > 0.5, 0.6 > 0.5, 0.7 >= 0.6
     # rows the comparison lacks (no random-x_T variant logged) stay as "not measured"
-    assert any(v.agrees is None and v.claim.b == "DiffAE, random x_T" for v in fashion)
+    assert any(v.status == "not measured" and v.claim.b == "DiffAE, random x_T" for v in fashion)
 
 
 def test_document_tables_pictures_and_commands(store, tmp_path):
@@ -108,11 +113,13 @@ def test_document_tables_pictures_and_commands(store, tmp_path):
     out = tmp_path / "docs" / "results.md"
     assert main(["report", "--tracking-uri", uri, "--out", str(out)]) == 0
     text = out.read_text()
-    assert f"{sum(EXPECTED)} of {len(EXPECTED)} checks agree in direction" in text
-    assert f"**Summary**: {sum(EXPECTED)} of {len(EXPECTED)} checks of the paper's claims agree" in text
-    assert "they disagree on: DBAE-d reconstructs better than DBAE (MSE) (shapes);" in text
+    assert f"Of {len(EXPECTED)} checks, {len(EXPECTED)} rest on one seed (direction only)" in text
+    assert (f"**Summary**: of {len(EXPECTED)} checks of the paper's claims (section 2), {len(EXPECTED)} rest on one "
+            "seed (direction only). Seeds per method: 1, CPU budget") in text
     rows = [line for line in text.splitlines() if line.startswith("| DBAE-d reconstructs better than DBAE (MSE)")]
-    assert len(rows) == 1 and rows[0].endswith("| **no** |")
+    assert len(rows) == 1 and rows[0].endswith("| one seed: direction disagrees |")
+    assert "| paper_ablation_shapes32 | shapes | 3 | 1 |" in text
+    assert "### Latent dimension d (DBAE-d) (shapes, sweep `latent_dim`, 1 seed)" in text
     # the method tables: four reconstruction rows, DiffAE's random-x_T numbers on their own row
     assert re.search(r"\| DiffAE, random x_T \| 1 \| 0\.05 \| 13 \| 0\.4 \|", text)
     assert "python sweeps/paper_ablation.py --preset repro_shapes32" in text and "--smoke" not in text
@@ -130,3 +137,76 @@ def test_missing_store_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["report", "--runs-dir", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no MLflow store" in err[0]
+
+
+# Three seeds per method (fashion_mnist: class probe, generation). Values are mean + (−δ, 0, +δ), so each mean and
+# sample std (ddof 1: exactly δ) is known by hand, and the 2-SE noise band of a difference is
+# 2·sqrt(δa²/3 + δb²/3).
+def _three(mean, delta):
+    return [mean - delta, mean, mean + delta]
+
+
+SEEDED = {
+    "dbae": {"eval/ssim": _three(0.52, 0.02), "eval/recon_mse": _three(0.012, 0.002),
+             "eval/probe_class_ap": _three(0.71, 0.01), "eval/fid": _three(150.0, 5.0),
+             "eval/gaussian/fid": _three(180.0, 5.0)},
+    "dbae_d": {"eval/ssim": _three(0.62, 0.02), "eval/recon_mse": _three(0.013, 0.002),
+               "eval/probe_class_ap": _three(0.61, 0.01), "eval/fid": _three(160.0, 5.0),
+               "eval/gaussian/fid": _three(170.0, 5.0)},
+    "diffae": {"eval/ssim": _three(0.95, 0.05), "eval/recon_mse": _three(0.001, 0.0005),
+               "eval/probe_class_ap": _three(0.81, 0.01), "eval/fid": _three(140.0, 5.0),
+               "eval/gaussian/fid": _three(145.0, 5.0),
+               "eval/random_xT/ssim": _three(0.30, 0.0), "eval/random_xT/recon_mse": _three(0.05, 0.0)},
+}
+# claim -> status, worked out by hand from SEEDED (Δ = a − b; band = 2 SE):
+SEEDED_STATUS = {
+    "DBAE-d reconstructs better than DBAE (SSIM)": "agrees",  # Δ +0.10, band 2·sqrt(2·0.02²/3) = 0.033
+    "DBAE-d reconstructs better than DBAE (MSE)": "within noise",  # Δ +0.001, band 0.0033
+    "DBAE beats DiffAE with random x_T at equal latent size (SSIM)": "agrees",  # Δ +0.22, band 0.023
+    "DBAE beats DiffAE with random x_T at equal latent size (MSE)": "agrees",  # Δ −0.038, band 0.0023
+    "DBAE-d beats DiffAE with random x_T at equal latent size (SSIM)": "agrees",
+    "DBAE-d beats DiffAE with random x_T at equal latent size (MSE)": "agrees",
+    "DiffAE with inferred x_T (latent d + C·H·W wide) reconstructs best (SSIM, vs DBAE-d)": "agrees",  # +0.33 vs 0.062
+    "DBAE's latent is more linearly predictive than DiffAE's (probe AP: attributes, or classes)": "disagrees",  # −0.10
+    "DBAE-d's latent is more linearly predictive than DiffAE's (probe AP: attributes, or classes)": "disagrees",
+    "DBAE's probe AP is at least DBAE-d's": "agrees",  # +0.10 vs band 0.016
+}
+
+
+def test_verdicts_weigh_the_difference_against_the_seed_noise(store, tmp_path):
+    import numpy as np
+    from scipy import stats
+
+    uri, _ = store
+    client = MlflowClient(uri)
+    trials = [({"model.method": m}, {k: v[seed] for k, v in metrics.items()})
+              for m, metrics in SEEDED.items() for seed in range(3)]
+    _sweep(client, "paper_ablation_fashion32", ["model.method"], trials,
+           {"data.dataset": "fashion_mnist", "eval.prior_steps": 3000, "eval.prior_images": 2000},
+           "python sweeps/paper_ablation.py --preset repro_fashion32 --seeds 3", seeds=[0, 1, 2] * 3)
+    sweeps = report.collect(client)
+    fashion = [v for v in report.check_claims(sweeps) if v.dataset == "fashion_mnist"]
+    assert {v.claim.text: v.status for v in fashion} == SEEDED_STATUS
+    assert all(v.a.n == v.b.n == 3 for v in fashion)
+
+    # the standard error of the difference is Welch's: its t statistic equals scipy's
+    ssim = fashion[0]
+    a, b = SEEDED["dbae_d"]["eval/ssim"], SEEDED["dbae"]["eval/ssim"]
+    t = stats.ttest_ind(a, b, equal_var=False).statistic
+    assert (ssim.a.mean - ssim.b.mean) / report.difference_se(ssim.a, ssim.b) == pytest.approx(t, rel=1e-12)
+    assert ssim.noise == pytest.approx(2 * np.sqrt(np.var(a, ddof=1) / 3 + np.var(b, ddof=1) / 3), rel=1e-12)
+
+    out = tmp_path / "docs" / "results.md"
+    assert main(["report", "--tracking-uri", uri, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| paper_ablation_fashion32 | fashion_mnist | 9 | 3 |" in text
+    assert "Seeds per method: 1/3" in text
+    assert "2 standard errors of the difference" in text
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines()
+            if line.startswith("| DBAE") and "fashion_mnist" in line}
+    assert rows["DBAE-d reconstructs better than DBAE (MSE)"].endswith("| within noise |")
+    assert rows["DBAE-d reconstructs better than DBAE (SSIM)"].endswith("| **agrees** |")
+    assert "0.62 ± 0.02 vs 0.52 ± 0.02" in rows["DBAE-d reconstructs better than DBAE (SSIM)"]
+    # generation: the DDPM prior's FID on the method rows, the Gaussian baseline on rows that say so
+    assert "| DBAE | 3 | 150 ± 5 |" in text and "| DBAE, Gaussian latent | 3 | 180 ± 5 |" in text
+    assert "latent DDPM prior trained in each trial (3000 steps on the latents of 2000 training images" in text
