@@ -218,10 +218,24 @@ def write_table(table: pa.Table, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
-def _x_scale(xs: list[float]) -> tuple[str, dict[str, float]]:
-    """Log x when all values are positive and span a factor ≥ 20; symlog when 0 joins such positives; else linear."""
+# Swept keys with an axis of their own: dimensions are powers of two (log2 axis at any span); a weight swept from 0
+# reads on a symmetric-log axis (linear through 0, logarithmic beyond its smallest positive value).
+LOG2_KEYS = ("model.latent_dim",)
+SYMLOG_KEYS = ("objective.entropy_weight",)
+
+
+def _x_scale(xs: list[float], key: str | None = None) -> tuple[str, dict[str, float]]:
+    """The x axis of a numeric swept key: log2 for LOG2_KEYS and symlog for SYMLOG_KEYS (0 included) when their
+    values allow it; otherwise log when all values are positive and span a factor ≥ 20, symlog when 0 joins such
+    positives, else linear."""
     positive = [x for x in xs if x > 0]
-    if not positive or any(x < 0 for x in xs) or max(positive) / min(positive) < 20:
+    if not positive or any(x < 0 for x in xs):
+        return "linear", {}
+    if key in LOG2_KEYS and len(positive) == len(xs) and len(set(xs)) > 1:
+        return "log", {"base": 2}
+    if key in SYMLOG_KEYS and len(positive) < len(xs):
+        return "symlog", {"linthresh": min(positive)}
+    if max(positive) / min(positive) < 20:
         return "linear", {}
     if len(positive) == len(xs):
         return "log", {}
@@ -231,8 +245,10 @@ def _x_scale(xs: list[float]) -> tuple[str, dict[str, float]]:
 def draw_metric(ax, table: pa.Table, swept: Sequence[str], metric: str) -> None:
     """Draw `metric`'s mean (± std bars) against the first swept key on a matplotlib axis, a line per series.
 
-    A numeric first key is drawn as lines (log or symlog x when its values span a factor ≥ 20); a string or bool
-    key at categorical positions. The other swept keys and `variant` (when present) pick the series.
+    A numeric first key is drawn as lines on the axis `_x_scale` picks (log2 for the latent dimension, symlog for
+    the entropy weight, log or symlog for values spanning a factor ≥ 20); a string or bool key at categorical
+    positions. Error bars are the seeds' standard deviation (none with one seed). The other swept keys and
+    `variant` (when present) pick the series.
     """
     if not swept:
         raise ValueError("plot_metrics needs at least one swept key for the x axis")
@@ -243,7 +259,7 @@ def draw_metric(ax, table: pa.Table, swept: Sequence[str], metric: str) -> None:
     rows = table.to_pylist()
     if numeric:
         rows = [r for r in rows if r[x_key] is not None]
-        scale, scale_opts = _x_scale([float(r[x_key]) for r in rows])
+        scale, scale_opts = _x_scale([float(r[x_key]) for r in rows], x_key)
     categories = list(dict.fromkeys(r[x_key] for r in rows))
     series: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
@@ -263,6 +279,10 @@ def draw_metric(ax, table: pa.Table, swept: Sequence[str], metric: str) -> None:
                     capsize=3, label=text)
     if numeric:
         ax.set_xscale(scale, **scale_opts)
+        if scale != "linear":  # the swept values themselves as ticks (64, not 2^6; 0 on a symlog axis)
+            ticks = sorted({float(r[x_key]) for r in rows})
+            ax.set_xticks(ticks, _swept_texts(ticks, 3))
+            ax.minorticks_off()
     else:
         ax.set_xticks(range(len(categories)), [str(c) for c in categories])
     ax.set_title(f"{metric} vs {x_key}")

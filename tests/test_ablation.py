@@ -16,6 +16,7 @@ from dbae_platform.ablation import (
     Trial,
     _x_scale,
     build_table,
+    draw_metric,
     find_sweep,
     plot_metrics,
     table_from_mlflow,
@@ -167,6 +168,42 @@ def test_x_scale():
     assert _x_scale([32.0, 64.0, 128.0])[0] == "linear"
     assert _x_scale([0.0, 1.0, 2.0])[0] == "linear"
     assert _x_scale([-1.0, 1.0, 100.0])[0] == "linear"
+    # the latent dimension on a log2 axis at any span; the entropy weight from 0 on a symmetric-log axis
+    assert _x_scale([32.0, 64.0, 128.0], "model.latent_dim") == ("log", {"base": 2})
+    assert _x_scale([64.0], "model.latent_dim")[0] == "linear"
+    assert _x_scale([0.0, 1e-3, 1e-1], "objective.entropy_weight") == ("symlog", {"linthresh": 1e-3})
+    assert _x_scale([0.0, 1e-3], "objective.entropy_weight") == ("symlog", {"linthresh": 1e-3})
+    assert _x_scale([1e-3, 2e-3], "objective.entropy_weight")[0] == "linear"
+
+
+def test_plot_axes_ticks_and_seed_error_bars():
+    """What a reader sees: log2 x with the dimensions as tick labels, symlog x through 0, and error bars equal to
+    the seeds' sample standard deviation (none for a configuration with one seed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    def axis(trials, key):
+        fig = Figure()
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        draw_metric(ax, build_table(trials, [key]), [key], "recon_mse")
+        return ax
+
+    dims = {16: [0.03, 0.05], 64: [0.02, 0.02], 256: [0.01]}  # two seeds, two seeds, one seed
+    trials = [_trial(i, {LD: d}, s, {"eval/recon_mse": v}) for i, (d, s, v) in
+              enumerate((d, s, v) for d, vs in dims.items() for s, v in enumerate(vs))]
+    ax = axis(trials, LD)
+    assert ax.get_xscale() == "log" and ax.xaxis.get_transform().base == 2
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["16", "64", "256"]
+    bars = [seg for coll in ax.collections for seg in coll.get_segments() if len(seg) == 2]  # one per drawn bar
+    half_heights = sorted(round(abs(seg[1][1] - seg[0][1]) / 2, 12) for seg in bars)
+    assert half_heights == [0.0, round(np.std([0.03, 0.05], ddof=1), 12)]  # d=256 (one seed) has no bar
+
+    weights = [_trial(i, {"objective.entropy_weight": w}, 0, {"eval/recon_mse": 0.1 + w}) for i, w in
+               enumerate((0.0, 1e-3, 1e-1))]
+    ax = axis(weights, "objective.entropy_weight")
+    assert ax.get_xscale() == "symlog" and ax.xaxis.get_transform().linthresh == 1e-3
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "0.001", "0.1"]
 
 
 # ---------------------------------------------------------------------------------------------------- MLflow
