@@ -93,6 +93,10 @@ class TrackingConfig:
     uri: str | None = None  # MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else sqlite:///<runs_dir>/mlflow.db
     experiment: str | None = None  # None: dbae/<name>
     runs_dir: str = field(default_factory=default_storage_path)
+    # CPU/GPU utilisation and memory of every worker as MLflow system metrics (system/*; with several workers
+    # system/rank<i>/*); None: on when the run uses GPUs, off on CPU
+    system_metrics: bool | None = None
+    system_metrics_interval: float = 10.0  # seconds between samples
 
 
 @dataclass(frozen=True)
@@ -293,6 +297,8 @@ def _rules(cfg: Config) -> list[tuple[str, Any, bool, str]]:
         ("eval.prior_steps", e.prior_steps, e.prior_steps > 0, "a positive integer"),
         ("eval.prior_images", e.prior_images, e.prior_images is None or e.prior_images > 1,
          "an integer >= 2 or null (all training images)"),
+        ("tracking.system_metrics_interval", cfg.tracking.system_metrics_interval,
+         cfg.tracking.system_metrics_interval > 0, "a positive number of seconds"),
         ("resources.num_workers", r.num_workers, r.num_workers > 0, "a positive integer"),
         ("resources.cpus_per_worker", r.cpus_per_worker, r.cpus_per_worker > 0, "a positive number"),
         ("resources.gpus_per_worker", r.gpus_per_worker, r.gpus_per_worker > 0, "a positive number"),

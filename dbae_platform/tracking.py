@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["TrackingError", "IncompleteLogError", "resolve_uri", "check_reachable", "open_run", "finish_run",
+           "system_monitor",
            "MetricLogger", "git_commit", "command_line", "hardware", "describe_workers", "PARAM_LIMIT",
            "mlflow_client", "child_runs", "configure_retries", "missing_from_run"]
 
@@ -182,6 +183,22 @@ def hardware() -> str:
     except ImportError:
         pass
     return ", ".join(parts)
+
+
+def system_monitor(uri: str, run_id: str, interval: float, node: str | None = None):
+    """Start MLflow's system-metrics monitor for `run_id` (a thread): CPU and memory utilisation, disk and network
+    through psutil, and GPU utilisation and memory through NVIDIA's management library where a GPU and pynvml are
+    present, logged as `system/[<node>/]<name>` every `interval` seconds, continuing the steps of an earlier start.
+    Returns the monitor (call `.finish()`), or None when it cannot run here: then training goes on without it."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, samples_before_logging=1,
+                                       resume_logging=True, node_id=node, tracking_uri=uri)
+    except Exception as err:  # noqa: BLE001 - no psutil, or an unreachable store: the run does not need it
+        log.warning("system metrics are off for run %s: %s", run_id, err)
+        return None
+    monitor.start()
+    return monitor
 
 
 def describe_workers(workers: list[dict]) -> str:

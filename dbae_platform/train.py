@@ -228,13 +228,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         resume = resume_state(checkpoint, rank)
         log.info("rank %d resumes from step %d", rank, int(resume["step"]))
 
-    logger = None
+    logger = monitor = None
     if rank == 0 and loop_config.get("run_id"):
         logger = tracking.MetricLogger(loop_config["tracking_uri"], loop_config["run_id"])
         logger.log_start(int(resume["step"]) if resume is not None else 0)
+    system_metrics = cfg.tracking.system_metrics
+    if loop_config.get("run_id") and (cfg.resources.use_gpu if system_metrics is None else system_metrics):
+        world = ctx.get_world_size()
+        monitor = tracking.system_monitor(loop_config["tracking_uri"], loop_config["run_id"],
+                                          cfg.tracking.system_metrics_interval, f"rank{rank}" if world > 1 else None)
     try:
         _train_and_evaluate(cfg, loop_config, rank, device, model, train, test, resume, logger)
     finally:  # whatever ends training, what the logger holds is sent (or counted as lost) before the worker exits
+        if monitor is not None:
+            monitor.finish()
         if logger is not None:
             logger.close()
 

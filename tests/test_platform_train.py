@@ -78,7 +78,8 @@ def test_two_worker_ddp_run_survives_a_killed_worker_and_is_tracked(tmp_path, lo
     it, and the run finishes with one clean MLflow history, images, eval metrics and artifacts."""
     from dbae_platform.train import train
     cfg = config(tmp_path, "ddp", "train.steps=12", "train.image_every=4", "resources.num_workers=2",
-                 "eval.suites=[recon]", "eval.n=8")
+                 "eval.suites=[recon]", "eval.n=8", "tracking.system_metrics=true",
+                 "tracking.system_metrics_interval=0.5")
     out: dict = {}
     thread = threading.Thread(target=lambda: out.setdefault("result", train(cfg)))
     thread.start()
@@ -106,6 +107,11 @@ def test_two_worker_ddp_run_survives_a_killed_worker_and_is_tracked(tmp_path, lo
     assert starts == [0, last] and last >= 4, (starts, last)
     assert all(m.value > 0 for m in client.get_metric_history(result.run_id, "train/images_per_s"))
     assert 0 < run.data.metrics["eval/recon_mse"] < 1 and "eval/ssim" in run.data.metrics
+    # MLflow system metrics from each worker (psutil), as asked by tracking.system_metrics
+    for rank in (0, 1):
+        cpu = client.get_metric_history(result.run_id, f"system/rank{rank}/cpu_utilization_percentage")
+        memory = client.get_metric_history(result.run_id, f"system/rank{rank}/system_memory_usage_megabytes")
+        assert cpu and memory and all(0 <= m.value <= 100 for m in cpu) and memory[0].value > 0, rank
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"config.yaml", "ema.pt", "images"} <= artifacts
     images = [a.path for a in client.list_artifacts(result.run_id, "images")]
