@@ -176,8 +176,11 @@ def _train(args: argparse.Namespace) -> int:
         sys.stdout.write(format_table(result.metrics) + "\n")
     log.info("finished %s at step %d: MLflow run %s (%s); checkpoint %s", cfg.name, result.step, result.run_id,
              result.tracking_uri, result.checkpoint)
-    if result.tracking_uri.startswith("sqlite:///"):
-        log.info("browse it with: dbae ui --runs-dir %s", Path(cfg.tracking.runs_dir))
+    from dbae_platform.tracking import run_urls
+    runs, run = run_urls(result.tracking_uri, result.run_id)
+    embedded = result.tracking_uri.startswith("sqlite:")
+    serve = f" (serve it: dbae ui --runs-dir {cfg.tracking.runs_dir})" if embedded else ""
+    sys.stdout.write(f"MLflow runs table: {runs}{serve}\nthis run: {run}\n")
     return 0
 
 
@@ -230,6 +233,25 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _browsable(host: str) -> str:
+    """The address a browser on this machine uses for a server bound to `host`."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host
+
+
+def _print_experiments(uri: str, ui: str, limit: int = 10) -> None:
+    """The runs-table URL of the store's newest experiments (tagged as model training, so the UI opens them there)."""
+    from dbae_platform.tracking import mark_training_experiment, mlflow_client, ui_url
+    client = mlflow_client(uri)
+    experiments = [e for e in client.search_experiments(order_by=["last_update_time DESC"], max_results=limit + 1)
+                   if e.name != "Default"][:limit]
+    for exp in experiments:
+        mark_training_experiment(client, exp)
+    lines = [f"  {e.name}: {ui_url(uri, e.experiment_id, ui=ui)}" for e in experiments]
+    sys.stdout.write("runs tables (newest first):\n" + "\n".join(lines) + "\n" if lines else
+                     f"no experiments yet: open {ui}\n")
+    sys.stdout.flush()
+
+
 def _ui(args: argparse.Namespace) -> int:
     from dbae_platform.config import ConfigError
     runs = args.runs_dir.expanduser().resolve()
@@ -250,6 +272,7 @@ def _ui(args: argparse.Namespace) -> int:
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     cmd = [mlflow, "server", "--backend-store-uri", f"sqlite:///{db}", "--default-artifact-root",
            str(runs / "mlartifacts"), "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    _print_experiments(f"sqlite:///{db}", f"http://{_browsable(args.host)}:{args.port}")
     log.info("MLflow UI at http://%s:%d (Ctrl-C stops it)", args.host, args.port)
     try:
         return subprocess.call(cmd, env=env)

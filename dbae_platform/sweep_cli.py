@@ -88,11 +88,11 @@ def run_study(study: Study, args: argparse.Namespace) -> int:
                          f"({result.best['value']:.4g})\n")
     files = ", ".join(str(p) for p in result.artifacts.values())
     sys.stdout.write(f"\nfiles: {files}\n")
-    if result.tracking_uri.startswith("sqlite:///"):
-        ui = f"dbae ui --runs-dir {args.storage_path}"
-    else:
-        ui = f"open {result.tracking_uri}"
-    sys.stdout.write(f"MLflow UI (experiment {study.experiment_name}): {ui}\n"
+    from dbae_platform.tracking import run_urls
+    runs, parent = run_urls(result.tracking_uri, result.parent_run_id)
+    serve = f" (serve it: dbae ui --runs-dir {args.storage_path})" if result.tracking_uri.startswith("sqlite:") else ""
+    sys.stdout.write(f"MLflow runs table of experiment {study.experiment_name}: {runs}{serve}\n"
+                     f"the sweep's parent run (ablation table, plots): {parent}\n"
                      f"rebuild the table at any time: dbae table {study.experiment_name}"
                      f"{'' if args.tracking_uri is None else f' --tracking-uri {args.tracking_uri}'}"
                      f"{'' if str(args.storage_path) == 'runs' else f' --runs-dir {args.storage_path}'}\n")

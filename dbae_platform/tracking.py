@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["TrackingError", "IncompleteLogError", "resolve_uri", "check_reachable", "open_run", "finish_run",
-           "system_monitor",
+           "system_monitor", "ui_url", "run_urls", "mark_training_experiment", "EXPERIMENT_KIND",
            "MetricLogger", "git_commit", "command_line", "hardware", "describe_workers", "PARAM_LIMIT",
            "mlflow_client", "child_runs", "configure_retries", "missing_from_run"]
 
@@ -257,17 +257,43 @@ def missing_from_run(client, run_id: str, metrics: Iterable[str], artifacts: Ite
 def _experiment_id(client, name: str, uri: str, runs_dir: Path) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        mark_training_experiment(client, exp)
         return exp.experiment_id
     location = None
     if not _is_http(uri):  # embedded store: artifacts beside the database, not in ./mlruns
         location = (runs_dir / "mlartifacts" / name.replace("/", "_")).resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
     except Exception:  # another process created it in between
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise
         return exp.experiment_id
+
+
+# The MLflow UI opens an experiment by its `mlflow.experimentKind` tag: "custom_model_development" shows the training
+# runs table (metrics, params, charts); without the tag MLflow 3 may infer its GenAI view (traces, evaluations).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+UI_URL = "http://127.0.0.1:5000"  # where `dbae ui` serves the embedded store by default
+
+
+def mark_training_experiment(client, experiment) -> None:
+    """Tag `experiment` (an MLflow Experiment) as model training, unless it says what it is already."""
+    if EXPERIMENT_KIND[0] not in (experiment.tags or {}):
+        client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+
+
+def ui_url(uri: str, experiment_id: str, run_id: str | None = None, ui: str | None = None) -> str:
+    """The MLflow UI's page of an experiment's runs table (or of one run): on the tracking server for an HTTP store,
+    else on `ui` (default: where `dbae ui` serves the embedded store)."""
+    base = (uri if _is_http(uri) else ui or UI_URL).rstrip("/")
+    return f"{base}/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+
+
+def run_urls(uri: str, run_id: str) -> tuple[str, str]:
+    """(runs table of the run's experiment, the run's own page) in the MLflow UI."""
+    experiment_id = mlflow_client(uri).get_run(run_id).info.experiment_id
+    return ui_url(uri, experiment_id), ui_url(uri, experiment_id, run_id)
 
 
 def _params(flat: dict[str, Any]) -> list[Any]:

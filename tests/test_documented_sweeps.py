@@ -124,6 +124,25 @@ def test_documented_sweep_command_runs(local_ray, tmp_path, capsys, where, argv)
         assert n == [len(effective.seeds)] * len(rows), out[-2000:]
     else:  # ASHA may stop a seed early; stopped trials stay out of the final table
         assert all(1 <= k <= len(effective.seeds) for k in n), out[-2000:]
+    _assert_ui_links(out, tmp_path)
+
+
+def _assert_ui_links(out: str, storage: Path) -> None:
+    """The sweep ends with the MLflow UI's runs table of its experiment and its parent run's page, and the experiment
+    is tagged to open on the runs table (not MLflow 3's GenAI view)."""
+    from mlflow import MlflowClient
+
+    from dbae_platform.tracking import EXPERIMENT_KIND
+    table = re.search(r"runs table of experiment (\S+): http://127\.0\.0\.1:5000/#/experiments/(\d+)/runs "
+                      rf"\(serve it: dbae ui --runs-dir {re.escape(str(storage))}\)", out)
+    parent = re.search(r"parent run \(ablation table, plots\): http://127\.0\.0\.1:5000/#/experiments/(\d+)/runs/"
+                       r"([0-9a-f]{32})$", out, re.M)
+    assert table and parent, out[-1500:]
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    run = client.get_run(parent[2])
+    experiment = client.get_experiment(table[2])
+    assert run.data.tags["dbae.sweep.role"] == "parent" and run.info.experiment_id == table[2] == parent[1]
+    assert experiment.name == table[1] and experiment.tags[EXPERIMENT_KIND[0]] == EXPERIMENT_KIND[1]
 
 
 def _parsed(flags: list[str]) -> argparse.Namespace:

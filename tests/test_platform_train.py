@@ -188,6 +188,10 @@ def test_killed_driver_rerun_resumes_into_one_mlflow_run(tmp_path):
     assert len(runs) == 1
     steps = steps_of(client, runs[0].info.run_id)
     assert steps == list(range(2, 17, 2)), steps  # the whole history, each step once, in order
+    # it ends with the runs table and the run's page in the MLflow UI
+    exp_id, run_id = runs[0].info.experiment_id, runs[0].info.run_id
+    assert (f"MLflow runs table: http://127.0.0.1:5000/#/experiments/{exp_id}/runs (serve it: dbae ui --runs-dir "
+            f"{tmp_path / 'runs'})\nthis run: http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{run_id}\n") in output
     assert runs[0].info.status == "FINISHED"
 
 
