@@ -105,3 +105,21 @@ def test_nfe_quality_reports_each_sampler_against_euler_100(tmp_path):
     missing = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "nfe_quality.py"), str(tmp_path / "nope")],
                              capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0 and "nope" in missing.stderr
+
+
+@pytest.mark.slow
+def test_platform_overhead_interleaves_pairs_and_reports_the_median_ratio(tmp_path):
+    """The docstring's command at smoke size: two interleaved (bare, dbae train) pairs on a local Ray, the ratios'
+    median and spread computed from the pairs it reports."""
+    import statistics
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "platform_overhead.py"), "--config", "tiny",
+                           "--steps", "4", "--log-every", "2", "--batch", "2", "--repeats", "2",
+                           "--set", "data.train_images=64", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "platform_overhead_tiny_b2_cpu.json").read_text())
+    ratios = [p["platform_images_per_s"] / p["bare_images_per_s"] for p in result["pairs"]]
+    assert len(ratios) == 2 and all(r > 0 for r in ratios)
+    assert result["ratio_median"] == pytest.approx(statistics.median(ratios))
+    assert (result["ratio_min"], result["ratio_max"]) == pytest.approx((min(ratios), max(ratios)))
+    assert "ratio platform/bare: median" in proc.stderr and "| pair |" in proc.stderr
