@@ -200,6 +200,19 @@ def _save_dir(state: dict[str, Any], config_yaml: str, extra: dict[str, Any] | N
     return staging
 
 
+def worker_threads(cpus: float) -> int:
+    """Give torch as many CPU threads as Ray gives the worker CPUs (at least one), unless OMP_NUM_THREADS says
+    otherwise. Ray Train leaves torch at one thread per core of the node, so workers that share a node, or a fractional
+    CPU each, spin OpenMP threads against each other; returns the thread count."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    threads = max(1, min(int(cpus), os.cpu_count() or 1))
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+        log.debug("torch threads: %d (resources.cpus_per_worker=%s)", threads, cpus)
+    return threads
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker: data shard, model, DDP (inside `fit`), reports, checkpoints; MLflow from rank 0.
 
@@ -213,6 +226,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg = load_config(loop_config["config"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
+    worker_threads(cfg.resources.cpus_per_worker)
     device = ray.train.torch.get_device()
     if "status" in loop_config:  # where this rank runs and on what, for the run's record (tags dbae.nodes/hardware)
         loop_config["status"].add_worker.remote(rank, ray.get_runtime_context().get_node_id(),

@@ -325,3 +325,19 @@ def test_results_the_store_did_not_take_fail_the_run_and_a_rerun_logs_them(tmp_p
     finally:
         os.killpg(server.pid, signal.SIGKILL)
 
+
+
+@pytest.mark.parametrize("cpus, expected", [(0.6, 1), (1.0, 1), (2.0, 2), (2.9, 2), (10**6, os.cpu_count())])
+def test_worker_threads_follow_the_cpus_ray_gives_the_worker(monkeypatch, cpus, expected):
+    """Three 0.6-CPU trials on 2 cores each ran torch's default 2 threads (6 spinning on 2 cores); a worker now runs
+    floor(cpus_per_worker) threads, at least 1, at most the machine's cores, unless OMP_NUM_THREADS is set."""
+    from dbae_platform.train import worker_threads
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        assert worker_threads(cpus) == expected and torch.get_num_threads() == expected
+        torch.set_num_threads(3)
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert worker_threads(cpus) == 3 and torch.get_num_threads() == 3  # the user's (or Ray's) choice stands
+    finally:
+        torch.set_num_threads(before)
