@@ -8,12 +8,14 @@ STAMP  := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED ?= 0
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: install demo test test-fast bench bench-nfe results data clean help
+.PHONY: install demo test test-fast bench bench-nfe results data ui-check gpu-check gpu-deps clean help
 
 help:
 	@echo "make demo   - set up .venv and run the latent-dimension sweep on the tiny preset (local Ray + MLflow, CPU)"
 	@echo "make test   - set up .venv and run the test suite"
 	@echo "make bench  - set up .venv and run the benchmarks (train step fast vs reference, encode, sample, eval, platform)"
+	@echo "make gpu-check - on a GPU: every GPU code path once (< 8 min), summary in benchmarks/results/gpu-check"
+	@echo "make gpu-deps  - pytest into build/gpu-deps, for a GPU machine without it (carry build/gpu-deps there)"
 
 install: $(STAMP)
 
@@ -55,6 +57,19 @@ bench-nfe: $(STAMP)
 	@test -n "$(CHECKPOINT)" || { echo "make bench-nfe: set CHECKPOINT=<a checkpoint directory written by dbae train>"; exit 2; }
 	$(PY) benchmarks/nfe_quality.py $(CHECKPOINT)
 
+# The first run on a GPU (benchmarks/gpu_check.py): the gpu tests, train_step / encode / sample at celeba64, a short
+# bf16 fit and one DDP step, in under 8 minutes, into benchmarks/results/gpu-check/gpu_check.{json,md}; a full run
+# also rewrites the README's GPU table. It needs torch and a bare GPU image's packages, not the venv: the venv's python
+# where there is one, else python3. pytest for the gpu tests comes from build/gpu-deps where the machine has none.
+GPU_PY          := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+GPU_CHECK_FLAGS ?=
+gpu-check:
+	PYTHONPATH=.:build/gpu-deps$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) benchmarks/gpu_check.py \
+		--out benchmarks/results/gpu-check --readme README.md $(GPU_CHECK_FLAGS)
+
+gpu-deps:
+	$(GPU_PY) -m pip install --quiet --disable-pip-version-check --target build/gpu-deps pytest
+
 # Real data that exists offline: Fashion-MNIST from Debian (files land in /usr/share/datasets/fashion-mnist).
 # The paper-claims study (docs/results.md): the paper's four-way ablation on shapes and on Fashion-MNIST with 3 seeds
 # each (the verdicts weigh differences against the seed spread), then the latent-dimension, entropy-weight and
@@ -76,6 +91,13 @@ data:
 	@if [ -d /usr/share/datasets/fashion-mnist ]; then echo "fashion-mnist already installed"; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get install -y dataset-fashion-mnist; \
 	else sudo apt-get install -y dataset-fashion-mnist; fi
+
+# The MLflow UI as a user lands on it, in headless Chromium: screenshots of the newest sweep's runs table, its parent
+# run's ablation table and a child's image grid in build/ui-check/ (needs Debian's chromium and a sweep: make demo).
+UI_RUNS ?= runs
+ui-check: $(STAMP)
+	@command -v chromium >/dev/null || { echo "ui-check needs chromium: apt-get install chromium"; exit 2; }
+	$(PY) -m dbae_platform.ui_check --runs-dir $(UI_RUNS) --out build/ui-check
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

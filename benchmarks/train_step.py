@@ -26,6 +26,7 @@ import dataclasses
 import logging
 import resource
 import time
+from collections.abc import Callable
 
 import torch
 from results_io import command_line, device_name, markdown_table, pick_device, steady_rate, write_result
@@ -33,7 +34,7 @@ from torch.utils.data import TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from dbae_core.data import ShapesDataset
-from dbae_core.fastpath import configure
+from dbae_core.fastpath import configure, execution_plan
 from dbae_core.model import DBAE, DBAEConfig
 from dbae_core.presets import PRESETS, preset
 from dbae_core.training import OPTIMIZERS, TrainConfig, fit
@@ -92,28 +93,38 @@ def run_mode(mode: str, cfg: DBAEConfig, args: argparse.Namespace, device: torch
     wall = time.perf_counter() - t0
     rate = steady_rate([(s, m["train/images_per_s"]) for s, m in out["history"]])
     run = train.execution()
-    precision = run.precision if run.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    return {"mode": mode, "precision": precision, "channels_last": run.channels_last and device.type == "cuda",
-            "attention": run.attention, "fused": run.fused_optimizer, "compile": run.compile,
+    plan = execution_plan(run, device)
+    return {"mode": mode, "precision": plan.precision, "channels_last": plan.channels_last,
+            "attention": run.attention, "fused": run.fused_optimizer, "optimizer_kernel": plan.optimizer_kernel,
+            "compile": run.compile,
             "checkpointing": run.activation_checkpointing, "images_per_s": rate, "step_ms": 1000 * args.batch / rate,
             "peak_memory_mib": peak_memory_mib(device), "wall_s": wall,
             "final_loss": out["history"][-1][1]["train/loss"]}
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, on_mode: Callable[[dict], object] | None = None) -> dict:
+    """Every mode in turn; `on_mode` gets the result so far after each (a time limit then keeps the finished modes)."""
     device = pick_device(args.device)
     cfg = preset(args.preset)
     if args.stochastic:
         cfg = cfg.replace(encoder=dataclasses.replace(cfg.encoder, stochastic=True))
     flops = flops_per_image(cfg)
     peak = args.peak_tflops or (peak_tflops(device_name(device)) if device.type == "cuda" else None)
-    rows = []
+    rows: list[dict] = []
     for mode in args.modes:
         log.info("mode %s ...", mode)
         row = run_mode(mode, cfg, args, device)
         row["tflops"] = flops * row["images_per_s"] / 1e12
         row["mfu"] = row["tflops"] / peak if peak else None
         rows.append(row)
+        result = summarise(args, cfg, device, rows, flops, peak)
+        if on_mode is not None:
+            on_mode(result)
+    return result
+
+
+def summarise(args: argparse.Namespace, cfg: DBAEConfig, device: torch.device, rows: list[dict], flops: float,
+              peak: float | None) -> dict:
     ref = next((r for r in rows if r["mode"] == "reference"), None)
     for row in rows:
         row["speedup"] = row["images_per_s"] / ref["images_per_s"] if ref else None
@@ -157,8 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = run(args)
-    path = write_result(result, args.out, f"train_step_{args.preset}_b{args.batch}_{'-'.join(args.modes)}")
+    stem = f"train_step_{args.preset}_b{args.batch}_{'-'.join(args.modes)}"
+    result = run(args, on_mode=lambda partial: write_result(partial, args.out, stem))
+    path = write_result(result, args.out, stem)
     cols = ["mode", "precision", "images_per_s", "step_ms", "speedup", "peak_memory_mib", "tflops", "mfu"]
     log.info("%s %dpx, batch %d, %s optimizer, %.2fM parameters, %.1f GFLOP/image (fwd+bwd), %s\n%s",
              result["preset"], result["image_size"], result["batch"], result["optimizer"], result["parameters_m"],

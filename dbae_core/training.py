@@ -23,8 +23,17 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from tqdm.auto import tqdm
 
 from dbae_core.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from dbae_core.distributed import rank_world, wrap_distributed
 from dbae_core.ema import EMA
-from dbae_core.fastpath import ATTENTION, REFERENCE, configure
+from dbae_core.fastpath import (
+    ATTENTION,
+    OPTIMIZER_KERNELS,
+    REFERENCE,
+    ExecutionPlan,
+    configure,
+    execution_plan,
+    optimizer_kernel,
+)
 from dbae_core.model import DBAE
 
 __all__ = ["TrainConfig", "NonFiniteLossError", "fit", "make_optimizer", "StepBatchSampler", "autocast", "step_seed",
@@ -143,19 +152,26 @@ def step_seed(seed: int, micro_step: int) -> int:
 
 
 def make_optimizer(params, name: str, lr: float, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
-                   device: torch.device | None = None, fused: bool = True) -> torch.optim.Optimizer:
-    """AdamW / Adam (fused kernels on CUDA, else foreach) or RAdam (foreach); `fused=False`: per-parameter loops."""
+                   device: torch.device | None = None, fused: bool = True,
+                   kernel: str | None = None) -> torch.optim.Optimizer:
+    """AdamW / Adam (fused kernels on CUDA, else foreach) or RAdam (foreach); `fused=False`: per-parameter loops.
+
+    `kernel` ("fused", "foreach" or "loop") overrides that choice, e.g. the fused kernel on the CPU."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}: use one of {OPTIMIZERS}")
+    kernel = kernel or optimizer_kernel(name, device, fused)
+    if kernel not in OPTIMIZER_KERNELS:
+        raise ValueError(f"optimizer kernel {kernel!r} is invalid: use one of {OPTIMIZER_KERNELS}")
+    if kernel == "fused" and name == "radam":
+        raise ValueError("radam has no fused kernel: use kernel 'foreach' or 'loop'")
     params = list(params)
-    cuda = device is not None and device.type == "cuda"
-    impl: dict[str, Any] = {"foreach": False} if not fused else {"fused": True} if cuda else {"foreach": True}
+    impl: dict[str, Any] = {"fused": True} if kernel == "fused" else {"foreach": kernel == "foreach"}
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, **impl)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, **impl)
-    if name == "radam":
-        return torch.optim.RAdam(params, lr=lr, betas=betas, weight_decay=weight_decay, foreach=fused,
-                                 decoupled_weight_decay=weight_decay > 0)
-    raise ValueError(f"unknown optimizer {name!r}: use one of {OPTIMIZERS}")
+    return torch.optim.RAdam(params, lr=lr, betas=betas, weight_decay=weight_decay,
+                             decoupled_weight_decay=weight_decay > 0, **impl)
 
 
 def autocast(device: torch.device, precision: str):
@@ -198,27 +214,24 @@ def local_checkpointer(run_dir: str | Path, keep: int) -> Checkpointer:
     return lambda step, state: save_checkpoint(directory, state, keep=keep) if state is not None else None
 
 
-def _distributed() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def fit(model: DBAE, dataset: Dataset, cfg: TrainConfig, run_dir: str | Path | None = None,
         device: str | torch.device = "cpu", on_log: Callable[[int, dict[str, float]], None] | None = None,
         on_checkpoint: Callable[[int, Path], None] | None = None, *, resume: dict[str, Any] | None = None,
         checkpointer: Checkpointer | None = None, on_images: Callable[[int, nn.Module], None] | None = None,
-        progress: Callable[..., Any] | None = None) -> dict[str, Any]:
+        progress: Callable[..., Any] | None = None, plan: ExecutionPlan | None = None) -> dict[str, Any]:
     """Train `model` on `dataset` for cfg.steps optimizer steps; resumes from `resume` or run_dir/checkpoints.
 
     Under torch.distributed (initialised by the caller, e.g. Ray Train) the model runs as DDP: each rank takes its
     slice of one global batch and of one global noise draw, so w ranks × batch B equal one rank × batch w·B. Rank 0
     alone writes checkpoints and calls `on_images`; `on_log` and `checkpointer` run on every rank (state is None
-    off rank 0). Returns {"step", "checkpoint", "ema": the EMA model, "history": [(step, metrics), ...]}.
+    off rank 0). `plan` overrides what the execution settings resolve to on `device` (fastpath.execution_plan), e.g.
+    to run the CUDA choices on the CPU. Returns {"step", "checkpoint", "ema": the EMA model, "history": [(step,
+    metrics), ...]}.
     """
     device = torch.device(device)
-    rank, world = _distributed()
+    rank, world = rank_world()
     run = cfg.execution()
+    plan = plan or execution_plan(run, device)
     if checkpointer is None:
         if run_dir is None:
             raise ValueError("fit needs run_dir or a checkpointer")
@@ -230,11 +243,13 @@ def fit(model: DBAE, dataset: Dataset, cfg: TrainConfig, run_dir: str | Path | N
         if found is not None:
             log.info("resuming from %s (step %d)", found, int(resume["step"]))
     torch.manual_seed(cfg.seed)
-    configure(model.to(device), device, attention=run.attention, channels_last=run.channels_last,
+    configure(model.to(device), device, attention=run.attention, channels_last=False,
               activation_checkpointing=run.activation_checkpointing)
+    if plan.channels_last:  # NHWC weights here, NHWC batches in the loop
+        model.to(memory_format=torch.channels_last)
     ema = EMA(model, cfg.ema_decay, foreach=run.foreach_ema)
     opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.betas, device,
-                         fused=run.fused_optimizer)
+                         kernel=plan.optimizer_kernel)
     start, last_ckpt = 0, found
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -246,11 +261,9 @@ def fit(model: DBAE, dataset: Dataset, cfg: TrainConfig, run_dir: str | Path | N
     if start >= cfg.steps:
         return {"step": start, "checkpoint": last_ckpt, "ema": ema.model, "history": []}
     net: nn.Module = model
-    if world > 1:
-        if device.type == "cuda":  # BatchNorm statistics over the global batch (SyncBatchNorm needs CUDA)
-            nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if run.compile:
+    if world > 1:  # one process pays no DDP overhead
+        net = wrap_distributed(model, device, sync_batchnorm=plan.sync_batchnorm)
+    if plan.compile:
         model.unet.compile()
 
     micro = cfg.batch_size
@@ -279,19 +292,19 @@ def fit(model: DBAE, dataset: Dataset, cfg: TrainConfig, run_dir: str | Path | N
     for step in range(start + 1, cfg.steps + 1):
         for j in range(cfg.grad_accum):
             x = _images(next(batches)).to(device, non_blocking=True)
-            if run.channels_last and device.type == "cuda":
+            if plan.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             noise_gen.manual_seed(step_seed(cfg.seed, (step - 1) * cfg.grad_accum + j))
             sync = j == cfg.grad_accum - 1 or world == 1
             with contextlib.nullcontext() if sync else net.no_sync():
-                with autocast(device, run.precision):
+                with autocast(device, plan.precision):
                     terms = net(x, noise_gen, (rank, world))
                 (terms[0] / cfg.grad_accum).backward()
             terms = terms.detach()
             sums += terms / cfg.grad_accum
             bad_step.masked_fill_((bad_step < 0) & ~torch.isfinite(terms[0]), step)  # no host sync
         if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=run.fused_optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=plan.optimizer_kernel != "loop")
         opt.step()
         opt.zero_grad(set_to_none=True)
         ema.update(model)

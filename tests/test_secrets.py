@@ -51,10 +51,11 @@ PLANTED = {
     "private key": "-----BEGIN " + "OPENSSH PRIVATE" + " KEY-----",
     "GitHub token": "GITHUB_TOKEN=gh" + "p_" + "x9Ab" * 9,
     "Slack token": "slack: xox" + "b-" + "1234567890-abcdefghij",
-    "password": "password: " + "hunter2" + "hunter2",
-    "tracking password": "MLFLOW_TRACKING_PASSWORD=" + "s3cr3t-V4lue",
+    "password": "password: " + "hunter2" + "hunter2",  # pragma: allowlist secret
+    "tracking password": "MLFLOW_TRACKING_PASSWORD=" + "s3cr3t-V4lue",  # pragma: allowlist secret
     "API key": "api_key = '" + "Zx81kdLq0pW2" + "'",
-    "Ray token in a config": "RAY_AUTH_TOKEN: " + "9f86d081884c7d659a2feaa0" + "c55ad015a3bf4f1b2b0b822cd15d6c15",
+    "Ray token in a config": ("RAY_AUTH_TOKEN: " + "9f86d081884c7d659a2feaa0"  # pragma: allowlist secret
+                              + "c55ad015a3bf4f1b2b0b822cd15d6c15"),  # pragma: allowlist secret
 }
 
 
