@@ -66,3 +66,14 @@ def test_a_missing_browser_is_named(monkeypatch, tmp_path, capsys):
     (tmp_path / "mlflow.db").write_bytes(b"")
     assert ui_check.main(["--runs-dir", str(tmp_path)]) == 2
     assert "apt-get install chromium" in capsys.readouterr().err
+
+
+def test_the_documented_module_command_names_a_missing_store(tmp_path):
+    """`python -m dbae_platform.ui_check --runs-dir runs --out build/ui-check` (README, module docstring) as a user
+    runs it before any sweep: one line naming the fix, exit 2, no traceback."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "dbae_platform.ui_check", "--runs-dir", "runs", "--out",
+                           "build/ui-check"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "no MLflow store" in proc.stderr and "make demo" in proc.stderr and "Traceback" not in proc.stderr
