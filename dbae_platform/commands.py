@@ -226,7 +226,8 @@ def _eval(args: argparse.Namespace) -> int:
                        device=device, sampler_steps=args.sampler_steps or cfg.eval.sampler_steps,
                        sampler=cfg.eval.sampler, churn=cfg.eval.churn, precision=cfg.eval.precision,
                        batch_size=cfg.eval.batch_size, sample_z=cfg.eval.sample_z,
-                       prior_steps=cfg.eval.prior_steps, prior_images=cfg.eval.prior_images)
+                       prior_steps=cfg.eval.prior_steps, prior_images=cfg.eval.prior_images,
+                       gaussian_baseline=cfg.eval.gaussian_baseline)
     write_metrics_json(metrics, out / "metrics.json")
     sys.stdout.write(format_table(metrics) + "\n")
     log.info("metrics and image grids in %s", out)

@@ -86,6 +86,7 @@ class EvalConfig:
     sample_z: bool = False  # evaluate with a draw z ~ q(z|x0) instead of the posterior mean (stochastic encoder only)
     prior_steps: int = 2000  # training steps of the latent DDPM prior behind eval/fid etc. (the generation suite)
     prior_images: int | None = None  # training images whose latents train that prior (null: all of them)
+    gaussian_baseline: bool = True  # also report z ~ a Gaussian fitted to the training latents as eval/gaussian/*
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ Generation follows the paper's protocol (§5): the latent DDPM prior is trained 
 latents of `prior_images` training images (posterior draws for the stochastic encoder: what the decoder saw), then
 z ~ prior → Dec → reverse bridge gives `eval/fid`, `eval/kid`, `eval/precision`, `eval/recall` (a given `prior` is used
 instead of training one). The same metrics of a Gaussian fitted to those training latents (per-dimension mean and
-std, dimensions independent: a baseline that ignores their correlations) are `eval/gaussian/*`.
+std, dimensions independent: a baseline that ignores their correlations) are `eval/gaussian/*`, unless
+`gaussian_baseline` is off (it costs a second set of decoded samples and their Inception features).
 Dataset items are tuples (image in [−1, 1], labels...); each trailing element is read as class labels (1-D integers),
 binary attributes (2-D, values in {0, 1} or {−1, 1}) or factors (other 1-D floats, other 2-D labels). A suite that
 does not apply is skipped with a logged reason, and its keys are absent. Image grids and metrics.json are written to
@@ -287,11 +288,13 @@ def _sample_prior(prior, n: int, seed: int) -> Tensor:
 
 def _generation_suite(model: DBAE, prior, train: Dataset, train_x: Tensor, m: int, key: str, cache_dir, out: Path,
                       sampling: Sampling, batch_size: int, device: torch.device, seed: int,
-                      budget: PriorBudget) -> dict[str, float]:
-    """FID, KID, precision/recall of z ~ learned prior (`eval/*`) and of z ~ fitted Gaussian (`eval/gaussian/*`)."""
+                      budget: PriorBudget, gaussian_baseline: bool = True) -> dict[str, float]:
+    """FID, KID, precision/recall of z ~ learned prior (`eval/*`) and, with `gaussian_baseline`, of z ~ fitted
+    Gaussian (`eval/gaussian/*`)."""
     post = _train_posterior(model, train, budget.images, seed, batch_size, device, sampling.precision)
-    priors = {"eval/": prior if prior is not None else _latent_prior(model, post, budget, device, seed, out),
-              "eval/gaussian/": GaussianPrior(post.sample(torch.Generator().manual_seed(seed)))}
+    priors = {"eval/": prior if prior is not None else _latent_prior(model, post, budget, device, seed, out)}
+    if gaussian_baseline:
+        priors["eval/gaussian/"] = GaussianPrior(post.sample(torch.Generator().manual_seed(seed)))
     try:
         inception = InceptionFeatures(device=device, batch_size=min(batch_size, 50))
     except InceptionUnavailable as err:
@@ -323,13 +326,13 @@ def evaluate(model: DBAE, *, train: Dataset, test: Dataset, suites: Sequence[str
              out_dir: str | Path, device: str | torch.device = "cpu", sampler_steps: int = 20, sampler: str = "euler",
              churn: float = 0.0, precision: str = "auto", batch_size: int = 64, sample_z: bool = False,
              prior_steps: int = 2000, prior_images: int | None = None, prior=None,
-             generation_images: int | None = None, dataset_name: str | None = None,
+             gaussian_baseline: bool = True, generation_images: int | None = None, dataset_name: str | None = None,
              cache_dir: str | Path | None = None, seed: int = 0) -> dict[str, float | None]:
     """Run the suites on min(n, len) seeded-random items of each split; returns metrics and writes metrics.json.
 
     `sample_z`: latents are draws z ~ q(z|x0) (stochastic encoder only). `prior_steps`, `prior_images`: the budget
     of the latent DDPM prior that the generation suite trains, unless `prior` (anything with
-    `sample(n, generator=...)`) is given.
+    `sample(n, generator=...)`) is given. `gaussian_baseline`: also the metrics of a fitted Gaussian latent.
     """
     unknown = set(suites) - set(SUITES)
     if unknown:
@@ -369,7 +372,8 @@ def evaluate(model: DBAE, *, train: Dataset, test: Dataset, suites: Sequence[str
         key = cache_key(_dataset_id(train, dataset_name, seed), train_x.shape[-1], "train", m)
         with _timed("generation"):
             metrics.update(_generation_suite(model, prior, train, train_x, m, key, cache_dir, out, sampling,
-                                             batch_size, device, seed, PriorBudget(prior_steps, prior_images)))
+                                             batch_size, device, seed, PriorBudget(prior_steps, prior_images),
+                                             gaussian_baseline))
     write_metrics_json(metrics, out / "metrics.json")
     log.info("evaluation of %d test items (%s):\n%s", len(test_x), ", ".join(suites), format_table(metrics))
     return metrics

@@ -163,7 +163,7 @@ def _evaluate(cfg: Config, model: torch.nn.Module, train: Dataset, test: Dataset
     return evaluate(model, train=train, test=test, suites=e.suites, n=e.n, out_dir=out_dir, device=device,
                     sampler_steps=e.sampler_steps, sampler=e.sampler, churn=e.churn, precision=e.precision,
                     batch_size=e.batch_size, sample_z=e.sample_z, prior_steps=e.prior_steps,
-                    prior_images=e.prior_images)
+                    prior_images=e.prior_images, gaussian_baseline=e.gaussian_baseline)
 
 
 def sampling(cfg: Config) -> Sampling:

@@ -259,6 +259,26 @@ def test_generation_metrics_are_of_the_latent_prior_trained_in_the_evaluation(st
     torch.testing.assert_close(gauss_z, ref, atol=1e-4, rtol=1e-4)
 
 
+def test_gaussian_baseline_off_decodes_only_the_latent_prior_samples(tmp_path, monkeypatch):
+    """eval.gaussian_baseline=false (the repro presets: it doubles the generation suite's cost): the protocol's
+    eval/fid etc. stay, no eval/gaussian/* key is written, and only one set of latents is decoded."""
+    monkeypatch.setattr(ev, "InceptionFeatures", FakeInception)
+    monkeypatch.setattr(ev, "save_prior", lambda *a, **k: None)
+    decoded, decode = [], DBAE.decode
+
+    def recording_decode(self, z, *args, **kwargs):
+        decoded.append(len(z))
+        return decode(self, z, *args, **kwargs)
+
+    monkeypatch.setattr(DBAE, "decode", recording_decode)
+    m = run(DBAE(preset("tiny")).eval(), tmp_path, train=ShapesDataset(size=32, length=40), suites=("generation",),
+            prior_steps=3, gaussian_baseline=False)
+    assert set(m) == {"eval/encode_ms", "eval/fid", "eval/kid", "eval/precision", "eval/recall"}
+    assert decoded == [N]
+    assert load_config("repro_fashion32").eval.gaussian_baseline is False
+    assert load_config("tiny").eval.gaussian_baseline is True
+
+
 def test_sample_z_changes_the_numbers_of_dbae_and_is_an_error_for_dbae_d(tmp_path):
     """eval.sample_z evaluates with z = μ + σ ε (the release's choice, §6): for the stochastic encoder the
     reconstructions change; a deterministic encoder has nothing to sample, so config and evaluate reject it."""
