@@ -11,12 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "REQUIRED_KEYS", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state",
-           "set_rng_state"]
+__all__ = ["CheckpointError", "REQUIRED_KEYS", "WEIGHTS_KEYS", "save_checkpoint", "load_checkpoint",
+           "latest_checkpoint", "rng_state", "set_rng_state"]
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^step_(\d{9})\.pt$")
 REQUIRED_KEYS = ("model", "ema", "optimizer", "step")  # what every training state holds
+WEIGHTS_KEYS = ("ema", "step")  # what evaluation and sampling read: also a registered model's weights-only state
 
 
 class CheckpointError(RuntimeError):
@@ -66,8 +67,10 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by save_checkpoint; a bad file raises CheckpointError naming it and the fix."""
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    required: tuple[str, ...] = REQUIRED_KEYS) -> dict[str, Any]:
+    """Load a checkpoint written by save_checkpoint; a bad file, or one without the `required` keys, raises
+    CheckpointError naming it and the fix."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: pass a step_<N>.pt file written by training")
@@ -76,7 +79,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}): it is truncated or not a "
                               "torch file; delete it to resume from the previous one") from None
-    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    missing = [k for k in required if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}: it was not written by dbae training")
     return state

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["positive", "at_least", "port", "seed", "name", "host", "existing_path", "existing_file",
-           "existing_dir", "directory", "output_file", "directory_or_uri", "blocking_file"]
+           "existing_dir", "directory", "output_file", "directory_or_uri", "checkpoint_ref", "blocking_file"]
 
 _NOUNS = {int: "an integer", float: "a number"}
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
@@ -104,6 +104,13 @@ def _existing(text: str, want_dir: bool) -> Path:
         what = "does not exist" if not path.exists() else "is a file" if want_dir else "is a directory"
         raise argparse.ArgumentTypeError(f"{text} {what}: pass an existing {'directory' if want_dir else 'file'}")
     return path
+
+
+@_kind("checkpoint or model URI")
+def checkpoint_ref(text: str) -> Path | str:
+    """A checkpoint path (checked by the command, which says what a checkpoint directory holds) or an MLflow model URI
+    (models:/NAME/VERSION, runs:/RUN_ID/model), kept as text."""
+    return text if text.startswith(("models:/", "runs:/")) else Path(text).expanduser()
 
 
 @_kind("input file")

@@ -1,4 +1,5 @@
-"""The `dbae` command line: train, eval, sweep, table, report, ui, prior, generate, interpolate, manipulate, data, demo.
+"""The `dbae` command line: train, eval, register, sweep, table, report, ui, prior, generate, interpolate, manipulate,
+data, demo.
 
 Exit 0 on success, 2 on bad input (one line, no traceback), 1 when training diverges. Bad input includes what a
 library reports about it: MLflow errors, OS errors on the paths given, unreadable checkpoints, and configuration
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=seed, default=0)
     commands.add_train(sub)
     commands.add_eval(sub)
+    commands.add_register(sub)
     commands.add_ui(sub)
     commands.add_sweep(sub)
     commands.add_table(sub)

@@ -5,17 +5,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from dbae_platform.argtypes import directory, existing_file, existing_path, host, output_file, port, positive
+from dbae_platform.argtypes import checkpoint_ref, directory, existing_file, host, name, output_file, port, positive
 from dbae_platform.storage import default_storage_path
 from dbae_platform.tracking import TrackingError
 
-__all__ = ["add_train", "add_eval", "add_ui", "add_sweep", "add_table", "add_report", "HANDLERS", "TrackingError"]
+__all__ = ["add_train", "add_eval", "add_register", "add_registry_flag", "add_ui", "add_sweep", "add_table",
+           "add_report", "HANDLERS", "TrackingError"]
 
 log = logging.getLogger("dbae")
 
@@ -37,9 +39,10 @@ def add_train(sub) -> None:
 def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint: metrics JSON, image grids and a table",
                        description="Evaluate the EMA weights of CHECKPOINT (a Ray Train checkpoint directory, its "
-                                   "state.pt, or a step_<N>.pt file) on the run's dataset. Writes metrics.json and "
-                                   "image grids beside the checkpoint (or in --out) and prints a table.")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", type=existing_path)
+                                   "state.pt, a step_<N>.pt file, or a registered model: models:/NAME/VERSION, "
+                                   "runs:/RUN_ID/model) on the run's dataset. Writes metrics.json and image grids "
+                                   "beside the checkpoint (or in --out) and prints a table.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", type=checkpoint_ref)
     p.add_argument("--suite", default=None, help="comma-separated suites from recon,probe,disentangle,generation "
                                                  "(default: the run's eval.suites)")
     p.add_argument("--n", type=positive(int), default=None, help="held-out images per suite (default: eval.n)")
@@ -48,6 +51,26 @@ def add_eval(sub) -> None:
                    help="override the run's config, e.g. --set data.root=/data/celeba")
     p.add_argument("--out", type=directory, default=None, help="output directory (default: beside the checkpoint)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_registry_flag(p)
+
+
+def add_registry_flag(p: argparse.ArgumentParser) -> None:
+    """--tracking-uri: the MLflow store a models:/ or runs:/ CHECKPOINT comes from."""
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI of a models:/ or runs:/ CHECKPOINT "
+                                                         "(overrides MLFLOW_TRACKING_URI; default: the embedded "
+                                                         "store under $DBAE_STORAGE_PATH, else runs)")
+
+
+def add_register(sub) -> None:
+    p = sub.add_parser("register", help="register a run's model in the MLflow model registry (models:/NAME/VERSION)",
+                       description="Log the model of RUN_OR_CHECKPOINT (an MLflow run id, or a checkpoint directory "
+                                   "written by dbae train) to its MLflow run as an MLflow pyfunc model (EMA weights, "
+                                   "config, latent prior when trained; predict() encodes or reconstructs images) "
+                                   "and register it as a new version of NAME. Every command that takes a CHECKPOINT "
+                                   "then accepts models:/NAME/VERSION.")
+    p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="MLflow run id (32 hex digits) or checkpoint path")
+    p.add_argument("model_name", metavar="NAME", type=name, help="registered model name, e.g. dbae-shapes")
+    _add_store_flags(p)
 
 
 def add_ui(sub) -> None:
@@ -184,32 +207,50 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve_checkpoint(path: Path) -> tuple[Path, Path | None]:
-    """(state file, config.yaml or None) for a checkpoint directory or file."""
-    if path.is_dir():
-        state = path / "state.pt"
-        if not state.is_file():
-            raise FileNotFoundError(f"{path} holds no state.pt: pass a checkpoint directory written by dbae train "
-                                    "or a .pt file")
-        return state, path / "config.yaml" if (path / "config.yaml").is_file() else None
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    cfg = path.parent / "config.yaml"
-    return path, cfg if cfg.is_file() else None
+def checkpoint_files(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(state file, config.yaml) of args.checkpoint: a path, or a models:/ or runs:/ URI from --tracking-uri."""
+    from dbae_platform.registry import is_model_uri, resolve_checkpoint
+    if args.tracking_uri is not None:  # a bad flag is bad input, whether or not CHECKPOINT needs it
+        from dbae_platform.tracking import check_reachable
+        check_reachable(args.tracking_uri)
+    if is_model_uri(args.checkpoint) and args.tracking_uri is None:
+        _store_uri(argparse.Namespace(tracking_uri=None, runs_dir=Path(default_storage_path())))
+    state_path, cfg_path = resolve_checkpoint(args.checkpoint, args.tracking_uri)
+    if cfg_path is None:
+        raise FileNotFoundError(f"no config.yaml beside {state_path}: the run's dataset is unknown; pass a checkpoint "
+                                "directory written by dbae train")
+    return state_path, cfg_path
+
+
+def _register(args: argparse.Namespace) -> int:
+    from dbae_platform.registry import register, resolve_checkpoint
+    from dbae_platform.tracking import resolve_uri
+    if Path(args.source).exists():  # the checkpoint is read before any store is touched
+        resolve_checkpoint(args.source)
+        uri = resolve_uri(args.tracking_uri, None, args.runs_dir.expanduser().resolve())
+        from dbae_platform.tracking import check_reachable
+        check_reachable(uri)
+    elif re.fullmatch(r"[0-9a-f]{32}", args.source):
+        uri = _store_uri(args)
+    else:
+        raise FileNotFoundError(f"{args.source} is neither a checkpoint path nor an MLflow run id (32 hex digits): "
+                                "pass a checkpoint directory written by dbae train or a run id from the MLflow UI")
+    done = register(args.source, args.model_name, uri)
+    sys.stdout.write(f"registered {args.source} (MLflow run {done.run_id}) as {done.uri}\n"
+                     f"use it as CHECKPOINT: dbae eval {done.uri}"
+                     f"{'' if args.tracking_uri is None else f' --tracking-uri {args.tracking_uri}'}\n")
+    return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
     import torch
 
-    from dbae_core.checkpoint import load_checkpoint
+    from dbae_core.checkpoint import WEIGHTS_KEYS, load_checkpoint
     from dbae_platform.config import SUITES, ConfigError, load_config
     from dbae_platform.evaluate import evaluate, format_table, write_metrics_json
     from dbae_platform.train import build_datasets, load_model
-    state_path, cfg_path = resolve_checkpoint(args.checkpoint)
-    state = load_checkpoint(state_path)
-    if cfg_path is None:
-        raise FileNotFoundError(f"no config.yaml beside {state_path}: the dataset to evaluate on is unknown; "
-                                "pass a checkpoint directory written by dbae train")
+    state_path, cfg_path = checkpoint_files(args)
+    state = load_checkpoint(state_path, required=WEIGHTS_KEYS)
     cfg = load_config(cfg_path, args.overrides)
     suites = tuple(s.strip() for s in args.suite.split(",") if s.strip()) if args.suite else cfg.eval.suites
     bad = [s for s in suites if s not in SUITES]
@@ -281,4 +322,5 @@ def _ui(args: argparse.Namespace) -> int:
         return 0
 
 
-HANDLERS = {"train": _train, "eval": _eval, "ui": _ui, "sweep": _sweep, "table": _table, "report": _report}
+HANDLERS = {"train": _train, "eval": _eval, "register": _register, "ui": _ui, "sweep": _sweep, "table": _table,
+            "report": _report}

@@ -1,8 +1,9 @@
 """`dbae prior`, `generate`, `interpolate` and `manipulate`: the latent prior (second stage, dbae-method.md §5) and the
 pictures of a trained checkpoint (§6, §7). cli.py wires in `add_parsers` and `HANDLERS`.
 
-Every command takes CHECKPOINT, a checkpoint directory written by `dbae train` (state.pt + config.yaml), and uses its
-EMA weights. Latents are posterior means. Outputs default to the checkpoint directory; the path written is printed.
+Every command takes CHECKPOINT, a checkpoint directory written by `dbae train` (state.pt + config.yaml) or a registered
+model (models:/NAME/VERSION, runs:/RUN_ID/model: dbae_platform.registry), and uses its EMA weights. Latents are
+posterior means. Outputs default to the checkpoint directory; the path written is printed.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from dbae_core.latent_prior import (
     prior_preset,
     save_prior,
 )
-from dbae_platform.argtypes import at_least, directory, output_file, positive, seed
-from dbae_platform.commands import resolve_checkpoint
+from dbae_platform.argtypes import at_least, checkpoint_ref, directory, output_file, positive, seed
+from dbae_platform.commands import add_registry_flag, checkpoint_files
 from dbae_platform.config import Config, ConfigError
 
 __all__ = ["add_parsers", "HANDLERS"]
@@ -56,12 +57,14 @@ _prior_out.kind = "output file or directory"  # type: ignore[attr-defined]
 
 def _checkpoint_args(p: argparse.ArgumentParser, out_default: str, out_type=directory) -> None:
     # CHECKPOINT is checked by _load_run, first thing: a missing one says what a checkpoint directory holds
-    p.add_argument("checkpoint", metavar="CHECKPOINT", type=Path,
-                   help="checkpoint directory written by dbae train (holds state.pt and config.yaml)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", type=checkpoint_ref,
+                   help="checkpoint directory written by dbae train (holds state.pt and config.yaml), or a registered "
+                        "model: models:/NAME/VERSION, runs:/RUN_ID/model")
     p.add_argument("--out", type=out_type, default=None, help=f"output directory (default: {out_default})")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
                    help="override the run's config, e.g. --set data.root=/data/celeba")
+    add_registry_flag(p)
 
 
 def _scales(text: str) -> list[float]:
@@ -157,17 +160,11 @@ def _device(name: str) -> torch.device:
 
 def _load_run(args: argparse.Namespace) -> _Run:
     """The EMA model, config and step of CHECKPOINT, on the requested device."""
-    from dbae_core.checkpoint import load_checkpoint
+    from dbae_core.checkpoint import WEIGHTS_KEYS, load_checkpoint
     from dbae_platform.config import load_config
     from dbae_platform.train import load_model
-    if not args.checkpoint.exists():
-        raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist: pass a checkpoint directory written by "
-                                "dbae train (it holds state.pt and config.yaml)")
-    state_path, cfg_path = resolve_checkpoint(args.checkpoint)
-    if cfg_path is None:
-        raise FileNotFoundError(f"no config.yaml beside {state_path}: the run's dataset is unknown; pass a checkpoint "
-                                "directory written by dbae train")
-    state = load_checkpoint(state_path)
+    state_path, cfg_path = checkpoint_files(args)
+    state = load_checkpoint(state_path, required=WEIGHTS_KEYS)
     cfg = load_config(cfg_path, args.overrides)
     device = _device(args.device)
     model = load_model(state).to(device)

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from dbae_platform import ablation
+from dbae_platform.evaluate import CPU_GENERATION_IMAGES
 
 __all__ = ["Sweep", "Claim", "CLAIMS", "collect", "method_rows", "check_claims", "render", "write_report"]
 
@@ -511,6 +512,12 @@ def render(client, sweeps: Sequence[Sweep], out_dir: Path, command: str, plots: 
     for s in sweeps:
         lines.append(f"| {s.name} | {s.dataset} | {len(s.trials)} | {_seed_count(s)} | {_budget(s)} |")
     z = "draws z ~ q(z|x0)" if s0.param("eval.sample_z") in ("True", "true") else "posterior means as latents"
+    n = s0.param("eval.n")
+    generated = (f"min(eval.n, {CPU_GENERATION_IMAGES}) = {min(int(n), CPU_GENERATION_IMAGES)}" if str(n).isdigit()
+                 else f"at most {CPU_GENERATION_IMAGES} (the CPU cap)")
+    has_gaussian = any(label in s.rows for s in sweeps if s.kind == "methods" for label in GAUSSIAN.values())
+    gaussian = (" The *Gaussian latent* rows replace the prior with a Gaussian fitted to the training latents, as a "
+                "baseline." if has_gaussian else " The Gaussian-latent baseline (`eval.gaussian_baseline`) was off.")
     lines += ["", f"Evaluation (every trial, at the end of training, EMA weights): {s0.param('eval.n')} held-out "
               f"images per suite (the probe trains on as many training images), decoding with the "
               f"{s0.param('eval.sampler')} sampler in {s0.param('eval.sampler_steps')} steps (DiffAE: DDIM, and DDIM "
@@ -518,10 +525,8 @@ def render(client, sweeps: Sequence[Sweep], out_dir: Path, command: str, plots: 
               f"trained in each trial ({_first_param(sweeps, 'eval.prior_steps') or '?'} steps on the latents of "
               f"{_first_param(sweeps, 'eval.prior_images') or 'all'} training images, posterior draws for the "
               f"stochastic encoder) gives z, the decoder and the bridge sampler give the image; "
-              f"FID/KID/precision-recall on Inception-v3 pool features of at most 250 samples (CPU cap) against "
-              f"as many training images. The *Gaussian latent* rows replace the prior with a Gaussian fitted to "
-              f"the training latents, as a "
-              f"baseline. LPIPS needs backbone weights that are not available offline: n/a.", "",
+              f"FID/KID/precision-recall on Inception-v3 pool features of {generated} samples against as many "
+              f"training images.{gaussian} LPIPS needs backbone weights that are not available offline: n/a.", "",
               "### Commands", "", "```"]
     lines += [s.command or f"(sweep {s.name}: command not recorded)" for s in sweeps] + [command, "```", ""]
 
@@ -538,7 +543,8 @@ def render(client, sweeps: Sequence[Sweep], out_dir: Path, command: str, plots: 
             for title, metrics, labels in (("Reconstruction and encoding time", RECON, order),
                                            ("Representation (linear probes, disentanglement)", REPRESENTATION,
                                             ["DBAE", "DBAE-d", DIFFAE]),
-                                           ("Unconditional generation (latent DDPM prior; Gaussian-latent baseline)",
+                                           ("Unconditional generation (latent DDPM prior"
+                                            + ("; Gaussian-latent baseline)" if has_gaussian else ")"),
                                             GENERATION, ["DBAE", "DBAE-d", DIFFAE, *GAUSSIAN.values()])):
                 table = _markdown(rows, labels, metrics)
                 if table:

@@ -43,6 +43,8 @@ def add_study_flags(p: argparse.ArgumentParser) -> None:
                         "multi-node cluster a directory every node mounts (default $DBAE_STORAGE_PATH, else runs)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are kept")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (overrides MLFLOW_TRACKING_URI)")
+    p.add_argument("--register", metavar="NAME", type=argtypes.name,
+                   help="register the best trial's model in the MLflow model registry as NAME (models:/NAME/VERSION)")
 
 
 def apply_flags(study: Study, args: argparse.Namespace) -> Study:
@@ -86,6 +88,13 @@ def run_study(study: Study, args: argparse.Namespace) -> int:
     if result.best is not None:
         sys.stdout.write(f"\nbest by {result.best['metric']}: {result.best['values']} "
                          f"({result.best['value']:.4g})\n")
+    if args.register and result.best is not None:
+        from dbae_platform.registry import best_trial_run, register
+        from dbae_platform.tracking import mlflow_client
+        run_id = best_trial_run(mlflow_client(result.tracking_uri), result.parent_run_id, result.best["values"],
+                                study.metric[0], study.mode[0])
+        done = register(run_id, args.register, result.tracking_uri)
+        sys.stdout.write(f"\nregistered the best trial (MLflow run {run_id}) as {done.uri}\n")
     files = ", ".join(str(p) for p in result.artifacts.values())
     sys.stdout.write(f"\nfiles: {files}\n")
     from dbae_platform.tracking import run_urls

@@ -136,19 +136,20 @@ BY_KIND = {
     "output file": ["adir", "afile/x.md"],
     "output file or directory": ["afile", "afile/x.pt"],
     "output directory or URI": ["afile"],
+    "checkpoint or model URI": ["missing", "adir", "models:/nope/1", "models:/nope/one", "runs:/nothex/model"],
 }
 # Arguments of free text (or checked by the command itself, first thing): their bad values, by (command, dest).
 SETS = ["noequals", "model.latent_dim=abc"]
 URIS = ["bogus://nowhere", "sqlite:///afile/mlflow.db"]
-CKPTS = ["missing", "adir"]
 FREE = {
     ("train", "config"): ["nope", "missing.yaml"], ("train", "overrides"): SETS, ("train", "tracking_uri"): URIS,
     ("eval", "suite"): ["nope"], ("eval", "overrides"): SETS,
+    **{(c, "tracking_uri"): URIS for c in ("eval", "prior", "generate", "interpolate", "manipulate", "register")},
+    ("register", "source"): ["missing", "adir", "0123456789abcdef0123456789abcdef"],
     ("sweep", "preset"): ["nope"], ("sweep", "space"): ["noequals", "model.latent_dim=abc"],
     ("sweep", "overrides"): SETS, ("sweep", "tracking_uri"): URIS,
     ("table", "experiment"): ["nope"], ("table", "parent_run"): ["0123456789abcdef"], ("table", "tracking_uri"): URIS,
     ("report", "tracking_uri"): URIS,
-    **{(c, "checkpoint"): CKPTS for c in ("prior", "generate", "interpolate", "manipulate")},
     **{(c, "overrides"): SETS for c in ("prior", "generate", "interpolate", "manipulate")},
     ("generate", "prior"): ["missing", "afile"],
     ("manipulate", "attribute"): ["nope", "scale>99"], ("manipulate", "scales"): ["x", ""],
@@ -164,6 +165,7 @@ BASE = {
              "--sampler-steps", "1", "--device", "cpu"],
     "train": ["train", "tiny", "--set", "train.steps=1"],
     "eval": ["eval", CHECKPOINT, "--n", "2", "--sampler-steps", "1", "--out", "out/eval", "--device", "cpu"],
+    "register": ["register", CHECKPOINT, "dbae-x", "--runs-dir", "runs"],
     "ui": ["ui", "--runs-dir", "runs", "--port", "5999"],
     "sweep": ["sweep", "study.yaml", "--storage-path", "runs"],
     "table": ["table", "sweep/x", "--runs-dir", "runs"],

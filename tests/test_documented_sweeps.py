@@ -125,6 +125,19 @@ def test_documented_sweep_command_runs(local_ray, tmp_path, capsys, where, argv)
     else:  # ASHA may stop a seed early; stopped trials stay out of the final table
         assert all(1 <= k <= len(effective.seeds) for k in n), out[-2000:]
     _assert_ui_links(out, tmp_path)
+    if "--register" in flags:
+        _assert_registered(out, tmp_path, flags[flags.index("--register") + 1])
+
+
+def _assert_registered(out: str, storage: Path, name: str) -> None:
+    """`--register NAME`: the best trial's model is version 1 of NAME, and models:/NAME/1 works as a CHECKPOINT."""
+    from dbae_core.checkpoint import WEIGHTS_KEYS, load_checkpoint
+    from dbae_platform.registry import resolve_checkpoint
+    m = re.search(rf"registered the best trial \(MLflow run ([0-9a-f]{{32}})\) as models:/{re.escape(name)}/1$", out,
+                  re.M)
+    assert m, out[-1500:]
+    state, cfg = resolve_checkpoint(f"models:/{name}/1", f"sqlite:///{storage / 'mlflow.db'}", storage)
+    assert load_checkpoint(state, required=WEIGHTS_KEYS)["step"] > 0 and cfg is not None
 
 
 def _assert_ui_links(out: str, storage: Path) -> None:

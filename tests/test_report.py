@@ -209,4 +209,22 @@ def test_verdicts_weigh_the_difference_against_the_seed_noise(store, tmp_path):
     assert "0.62 ± 0.02 vs 0.52 ± 0.02" in rows["DBAE-d reconstructs better than DBAE (SSIM)"]
     # generation: the DDPM prior's FID on the method rows, the Gaussian baseline on rows that say so
     assert "| DBAE | 3 | 150 ± 5 |" in text and "| DBAE, Gaussian latent | 3 | 180 ± 5 |" in text
+    assert "(latent DDPM prior; Gaussian-latent baseline)" in text and "The *Gaussian latent* rows replace" in text
+    assert "features of min(eval.n, 250) = 250 samples" in text  # the shapes sweep's eval.n = 300
     assert "latent DDPM prior trained in each trial (3000 steps on the latents of 2000 training images" in text
+
+
+def test_without_the_gaussian_baseline_the_document_says_it_was_off(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    trials = [({"model.method": m}, {k: v[seed] for k, v in metrics.items() if "gaussian" not in k})
+              for m, metrics in SEEDED.items() for seed in range(3)]
+    _sweep(client, "paper_ablation_fashion32", ["model.method"], trials,
+           {"data.dataset": "fashion_mnist", "eval.n": 200, "eval.gaussian_baseline": False},
+           "python sweeps/paper_ablation.py --preset repro_fashion32 --seeds 3", seeds=[0, 1, 2] * 3)
+    out = tmp_path / "results.md"
+    assert main(["report", "--tracking-uri", uri, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "Gaussian latent |" not in text and "The Gaussian-latent baseline (`eval.gaussian_baseline`) was off" in text
+    assert "**Unconditional generation (latent DDPM prior)**" in text
+    assert "features of min(eval.n, 250) = 200 samples" in text

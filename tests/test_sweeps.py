@@ -67,6 +67,16 @@ def test_grid_sweep_parent_children_table_and_plots(local_ray, tmp_path, capsys)
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split(",")[:2] == ['"model.latent_dim"', '"n"'] and len(lines) == 3
 
+    # The best trial, registered by its MLflow run id (its checkpoint is on this machine: prior and metrics included),
+    # evaluates by its models:/ URI.
+    from dbae_platform.registry import best_trial_run, register
+    best = best_trial_run(client, result.parent_run_id, result.best["values"], "eval/recon_mse", "min")
+    assert json.loads(client.get_run(best).data.tags["dbae.sweep.values"]) == result.best["values"]
+    assert register(best, "grid-best", result.tracking_uri).uri == "models:/grid-best/1"
+    assert cli.main(["eval", "models:/grid-best/1", "--tracking-uri", result.tracking_uri, "--suite", "recon",
+                     "--n", "2", "--sampler-steps", "1", "--out", str(tmp_path / "eval-best"), "--device", "cpu"]) == 0
+    assert (tmp_path / "eval-best" / "metrics.json").is_file()
+
     # Rerunning without --resume is refused in one line; the finished sweep stays as it was.
     with pytest.raises(ConfigError, match="--resume"):
         run_sweep(study, storage_path=tmp_path, smoke=True)
