@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
 __all__ = ["Trial", "build_table", "to_markdown", "write_table", "plot_metrics", "draw_metric", "trials_from_mlflow",
-           "find_sweep", "table_from_mlflow", "DEFAULT_VARIANT"]
+           "find_sweep", "table_from_mlflow", "parse_param", "DEFAULT_VARIANT"]
 
 log = logging.getLogger(__name__)
 DEFAULT_VARIANT = "default"
@@ -317,7 +317,7 @@ def plot_metrics(table: pa.Table, swept: Sequence[str], out_dir: str | Path) -> 
 # ---------------------------------------------------------------------------------------------------- MLflow
 
 
-def _parse_param(raw: str | None) -> Any:
+def parse_param(raw: str | None) -> Any:
     """A logged param back to a value: YAML scalars and JSON lists ("64" -> 64, "1e-05" -> 1e-05, "None" -> None)."""
     if raw is None or raw == "None":
         return None
@@ -335,7 +335,7 @@ def _trial(run: Run, swept: Sequence[str]) -> Trial:
     if "dbae.sweep.values" in tags:
         values = json.loads(tags["dbae.sweep.values"])
     else:
-        values = {k: _parse_param(params.get(k)) for k in swept}
+        values = {k: parse_param(params.get(k)) for k in swept}
     seed = tags.get("dbae.seed", params.get("train.seed"))
     return Trial(run_id=run.info.run_id, name=run.info.run_name or run.info.run_id, values=values,
                  seed=int(seed) if seed is not None else -1, metrics=dict(run.data.metrics),

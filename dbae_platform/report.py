@@ -12,13 +12,14 @@ hardware, commits and the training budget come from the runs' tags, params and s
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,7 @@ class Sweep:
     swept: list[str]
     kind: str = "other"
     dataset: str = "?"
+    borrowed: list[tuple[Any, str]] = field(default_factory=list)  # (run, sweep name): see share_reference_trials
 
     @functools.cached_property
     def rows(self) -> dict[str, dict[str, Stat]]:
@@ -120,7 +122,42 @@ def collect(client, include_smoke: bool = False) -> list[Sweep]:
                       _kind(swept))
         sweep.dataset = sweep.param("data.dataset") or "?"
         sweeps.append(sweep)
+    share_reference_trials(sweeps)
     return sorted(sweeps, key=lambda s: s.parent.info.start_time)
+
+
+# Config keys that name, file or place a run without changing what it computes
+BOOKKEEPING = ("name", "tracking.", "resources.cpus_per_worker", "resources.max_failures")
+
+
+def _same_run(a: dict[str, str], b: dict[str, str], swept: Sequence[str]) -> bool:
+    """Two runs' params describe the same training and evaluation, except for the `swept` keys."""
+    return all(a.get(k) == b.get(k) for k in (set(a) | set(b)) - set(swept) if not k.startswith(BOOKKEEPING))
+
+
+def share_reference_trials(sweeps: Sequence[Sweep]) -> None:
+    """Add to each ablation the finished trials of a method comparison that are runs of it: the same config, seed,
+    budget and data but for the ablation's swept keys, at a value the ablation did not run itself. `make results`
+    runs an ablation's reference point (d = 64, entropy weight 0) once, in the comparison, and the ablation's table
+    and plot include it (listed in `Sweep.borrowed`)."""
+    methods = [s for s in sweeps if s.kind == "methods"]
+    for sweep in (s for s in sweeps if s.kind != "methods" and s.children):
+        reference = sweep.children[0].data.params
+        have = {json.dumps(t.values, sort_keys=True, default=str) for t in sweep.trials}
+        for source in methods:
+            for run in source.children:
+                params = run.data.params
+                if run.info.status != "FINISHED" or not _same_run(reference, params, sweep.swept):
+                    continue
+                values = {k: ablation.parse_param(params.get(k)) for k in sweep.swept}
+                if json.dumps(values, sort_keys=True, default=str) in have:
+                    continue
+                have.add(json.dumps(values, sort_keys=True, default=str))
+                sweep.trials.append(ablation.Trial(run.info.run_id, run.info.run_name or run.info.run_id, values,
+                                                   int(params.get("train.seed", -1)), dict(run.data.metrics),
+                                                   run.info.status))
+                sweep.children.append(run)
+                sweep.borrowed.append((run, source.name))
 
 
 # ---------------------------------------------------------------------------------------------- method comparison
@@ -604,6 +641,10 @@ def render(client, sweeps: Sequence[Sweep], out_dir: Path, command: str, plots: 
                   ablation.to_markdown(table), ""]
         if seeds == 1:
             lines += ["One seed: the trend below is not weighed against seed noise.", ""]
+        for run, source in s.borrowed:
+            point = ", ".join(f"{k} = {run.data.params.get(k)}" for k in s.swept)
+            lines += [f"The row {point} is trial `{run.info.run_name}` of sweep `{source}`: the same configuration, "
+                      "seed and budget, run once.", ""]
         if x_key:
             swept = [x_key] + [k for k in s.swept if k != x_key]
             figure = plot_ablation(table, swept, PLOT_METRICS, plot_dir / f"ablation_{s.name}.png", title)

@@ -228,3 +228,37 @@ def test_without_the_gaussian_baseline_the_document_says_it_was_off(tmp_path):
     assert "Gaussian latent |" not in text and "The Gaussian-latent baseline (`eval.gaussian_baseline`) was off" in text
     assert "**Unconditional generation (latent DDPM prior)**" in text
     assert "features of min(eval.n, 250) = 200 samples" in text
+
+
+def test_an_ablation_takes_its_reference_point_from_the_method_comparison(tmp_path):
+    """make results runs d = 64 once, in the method comparison: the latent-dimension ablation (16 and 256 only) gets the
+    comparison's DBAE-d trial of the same seed and settings as its d = 64 row, and says so. A trial of another seed or
+    method is not the same run, and an ablation that ran the point itself (VP in the SDE sweep) takes nothing."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    common = {"data.dataset": "shapes", "train.steps": 400, "eval.n": 200, "objective.sde": "vp"}
+    methods = [({"model.method": m}, {"eval/recon_mse": 0.01 * (i + 1) + 0.001 * seed, "eval/ssim": 0.5})
+               for i, m in enumerate(["dbae", "dbae_d"]) for seed in range(2)]
+    _sweep(client, "paper_ablation_shapes32", ["model.method"], methods,
+           {**common, "model.latent_dim": 64, "name": "paper"}, "python sweeps/paper_ablation.py", seeds=[0, 1, 0, 1])
+    _sweep(client, "latent_dim", ["model.latent_dim"],
+           [({"model.latent_dim": d}, {"eval/recon_mse": e, "eval/ssim": 0.4}) for d, e in ((16, 0.05), (256, 0.01))],
+           {**common, "model.method": "dbae_d", "name": "latent"}, "python sweeps/latent_dim.py")
+    _sweep(client, "sde_type", ["objective.sde"],
+           [({"objective.sde": s}, {"eval/recon_mse": 0.03, "eval/ssim": 0.4}) for s in ("vp", "ve")],
+           {**{k: v for k, v in common.items() if k != "objective.sde"}, "model.method": "dbae_d",
+            "model.latent_dim": 64, "name": "sde"}, "python sweeps/sde_type.py")
+    sweeps = {s.name: s for s in report.collect(client)}
+    latent, sde = sweeps["latent_dim"], sweeps["sde_type"]
+    assert sorted(t.values["model.latent_dim"] for t in latent.trials) == [16, 64, 256]
+    [(run, source)] = latent.borrowed
+    assert source == "paper_ablation_shapes32" and run.data.params["model.method"] == "dbae_d"
+    assert run.data.params["train.seed"] == "0" and run.data.metrics["eval/recon_mse"] == pytest.approx(0.02)
+    assert sde.borrowed == [] and len(sde.trials) == 2
+
+    out = tmp_path / "results.md"
+    assert main(["report", "--tracking-uri", uri, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert f"The row model.latent_dim = 64 is trial `{run.info.run_name}` of sweep `paper_ablation_shapes32`" in text
+    rows = [line for line in text.split("Latent dimension", 1)[1].splitlines() if line.startswith("| 64 |")]
+    assert rows and "0.02" in rows[0], text
