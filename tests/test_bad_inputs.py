@@ -145,7 +145,7 @@ FREE = {
     ("train", "config"): ["nope", "missing.yaml"], ("train", "overrides"): SETS, ("train", "tracking_uri"): URIS,
     ("eval", "suite"): ["nope"], ("eval", "overrides"): SETS,
     **{(c, "tracking_uri"): URIS for c in ("eval", "prior", "generate", "interpolate", "manipulate", "register")},
-    ("register", "source"): ["missing", "adir", "0123456789abcdef0123456789abcdef"],
+    ("register", "source"): ["missing", "adir", "0123456789abcdef0123456789abcdef"],  # pragma: allowlist secret
     ("sweep", "preset"): ["nope"], ("sweep", "space"): ["noequals", "model.latent_dim=abc"],
     ("sweep", "overrides"): SETS, ("sweep", "tracking_uri"): URIS,
     ("table", "experiment"): ["nope"], ("table", "parent_run"): ["0123456789abcdef"], ("table", "tracking_uri"): URIS,

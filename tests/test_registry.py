@@ -173,7 +173,7 @@ def test_best_trial_run_picks_the_best_seed_of_the_best_configuration(store):
     (["generate", "runs:/xyz/model"], "is not a logged model"),
     (["eval", "models:/x/1", "--tracking-uri", "sqlite:///afile/mlflow.db"], "afile is a file"),
     (["register", "missing", "name"], "neither a checkpoint path nor an MLflow run id"),
-    (["register", "0123456789abcdef0123456789abcdef", "name"], "is not in the MLflow store"),
+    (["register", "0123456789abcdef" * 2, "name"], "is not in the MLflow store"),
 ])
 def test_bad_model_references_are_one_line_exit_2(store, tmp_path, capsys, argv, needle):
     (tmp_path / "afile").write_text("x")
