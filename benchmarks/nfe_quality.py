@@ -31,8 +31,8 @@ REFERENCE = ("euler", 100)  # the release's reconstruction setting
 def load(checkpoint: Path, n: int, seed: int, device: torch.device):
     """The EMA model and n held-out images of the checkpoint's test split."""
     from dbae_core.checkpoint import load_checkpoint
-    from dbae_platform.commands import resolve_checkpoint
     from dbae_platform.config import load_config
+    from dbae_platform.registry import resolve_checkpoint
     from dbae_platform.train import build_datasets, load_model
     state_path, cfg_path = resolve_checkpoint(checkpoint)
     if cfg_path is None:

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["positive", "at_least", "port", "seed", "name", "host", "existing_path", "existing_file",
-           "existing_dir", "directory", "output_file", "directory_or_uri", "checkpoint_ref", "blocking_file"]
+           "existing_dir", "directory", "output_file", "directory_or_uri", "checkpoint_ref", "blocking_file",
+           "MODEL_URIS"]
 
 _NOUNS = {int: "an integer", float: "a number"}
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
+MODEL_URIS = ("models:/", "runs:/")  # MLflow model URIs that stand for a checkpoint (dbae_platform.registry)
 _HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
                    r"[A-Za-z0-9])?)*$|^[0-9A-Fa-f:.]+$")
 
@@ -110,7 +112,7 @@ def _existing(text: str, want_dir: bool) -> Path:
 def checkpoint_ref(text: str) -> Path | str:
     """A checkpoint path (checked by the command, which says what a checkpoint directory holds) or an MLflow model URI
     (models:/NAME/VERSION, runs:/RUN_ID/model), kept as text."""
-    return text if text.startswith(("models:/", "runs:/")) else Path(text).expanduser()
+    return text if text.startswith(MODEL_URIS) else Path(text).expanduser()
 
 
 @_kind("input file")

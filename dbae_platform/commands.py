@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -210,12 +209,13 @@ def _train(args: argparse.Namespace) -> int:
 def checkpoint_files(args: argparse.Namespace) -> tuple[Path, Path]:
     """(state file, config.yaml) of args.checkpoint: a path, or a models:/ or runs:/ URI from --tracking-uri."""
     from dbae_platform.registry import is_model_uri, resolve_checkpoint
-    if args.tracking_uri is not None:  # a bad flag is bad input, whether or not CHECKPOINT needs it
+    uri = args.tracking_uri
+    if uri is not None:  # a bad flag is bad input, whether or not CHECKPOINT needs it
         from dbae_platform.tracking import check_reachable
-        check_reachable(args.tracking_uri)
-    if is_model_uri(args.checkpoint) and args.tracking_uri is None:
-        _store_uri(argparse.Namespace(tracking_uri=None, runs_dir=Path(default_storage_path())))
-    state_path, cfg_path = resolve_checkpoint(args.checkpoint, args.tracking_uri)
+        check_reachable(uri)
+    elif is_model_uri(args.checkpoint):  # the store a URI comes from must exist
+        uri = _store_uri(argparse.Namespace(tracking_uri=None, runs_dir=Path(default_storage_path())))
+    state_path, cfg_path = resolve_checkpoint(args.checkpoint, uri)
     if cfg_path is None:
         raise FileNotFoundError(f"no config.yaml beside {state_path}: the run's dataset is unknown; pass a checkpoint "
                                 "directory written by dbae train")
@@ -223,14 +223,14 @@ def checkpoint_files(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def _register(args: argparse.Namespace) -> int:
-    from dbae_platform.registry import register, resolve_checkpoint
+    from dbae_platform.registry import is_run_id, register, resolve_checkpoint
     from dbae_platform.tracking import resolve_uri
     if Path(args.source).exists():  # the checkpoint is read before any store is touched
         resolve_checkpoint(args.source)
         uri = resolve_uri(args.tracking_uri, None, args.runs_dir.expanduser().resolve())
         from dbae_platform.tracking import check_reachable
         check_reachable(uri)
-    elif re.fullmatch(r"[0-9a-f]{32}", args.source):
+    elif is_run_id(args.source):
         uri = _store_uri(args)
     else:
         raise FileNotFoundError(f"{args.source} is neither a checkpoint path nor an MLflow run id (32 hex digits): "

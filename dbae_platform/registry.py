@@ -27,14 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dbae_platform.argtypes import MODEL_URIS
 from dbae_platform.config import ConfigError
 
-__all__ = ["URI_SCHEMES", "MODEL_NAME", "Registered", "is_model_uri", "resolve_checkpoint", "fetch", "package",
+__all__ = ["MODEL_NAME", "Registered", "is_model_uri", "is_run_id", "resolve_checkpoint", "fetch", "package",
            "register", "best_trial_run"]
 
 log = logging.getLogger("dbae")
 
-URI_SCHEMES = ("models:/", "runs:/")
 MODEL_NAME = "model"  # the logged model's name in its run: runs:/RUN_ID/model
 PACKAGE = "checkpoint"  # the model's artifact folder that the commands read as a checkpoint directory
 REGISTRY_EXPERIMENT = "dbae-registry"  # where a checkpoint that belongs to no known MLflow run is logged
@@ -54,7 +54,12 @@ class Registered:
 
 
 def is_model_uri(ref: Any) -> bool:
-    return isinstance(ref, str) and ref.startswith(URI_SCHEMES)
+    return isinstance(ref, str) and ref.startswith(MODEL_URIS)
+
+
+def is_run_id(text: str) -> bool:
+    """An MLflow run id: 32 hex digits."""
+    return _RUN_ID.match(text) is not None
 
 
 # -- reading: a path or a URI as (state.pt, config.yaml) ------------------------------------------------------
@@ -121,7 +126,7 @@ def fetch(uri: str, tracking_uri: str, cache: Path) -> Path:
         dst = cache / mv.name / str(mv.version)
     else:
         parts = uri.removeprefix("runs:/").strip("/").split("/", 1)
-        if not _RUN_ID.match(parts[0]) or len(parts) < 2:
+        if not is_run_id(parts[0]) or len(parts) < 2:
             raise ValueError(f"{uri} is not a logged model: use runs:/RUN_ID/{MODEL_NAME} (RUN_ID: 32 hex digits)")
         where = {"run_id": parts[0], "artifact_path": parts[1]}
         dst = cache / "runs" / parts[0] / parts[1]
@@ -146,9 +151,11 @@ def package(state: dict[str, Any], config_yaml: Path, source_dir: Path | None, o
     """out/checkpoint: the EMA weights (state.pt), config.yaml, the latent prior and the evaluation's metrics of a
     checkpoint directory (`source_dir`), if it has them."""
     import torch
+
+    from dbae_platform.train import weights_state
     pkg = out / PACKAGE
     pkg.mkdir(parents=True)
-    torch.save({k: state[k] for k in ("ema", "step", "model_kind", "model_config") if k in state}, pkg / "state.pt")
+    torch.save(weights_state(state), pkg / "state.pt")
     shutil.copyfile(config_yaml, pkg / "config.yaml")
     if source_dir is not None:
         from dbae_platform.train import EVAL_DIR
@@ -230,7 +237,7 @@ def register(source: str | Path, name: str, tracking_uri: str) -> Registered:
     client = mlflow_client(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="dbae_register_") as tmp:
         source_dir = None
-        if isinstance(source, str) and _RUN_ID.match(source) and not Path(source).exists():
+        if isinstance(source, str) and is_run_id(source) and not Path(source).exists():
             run_id: str | None = source
             state_path, cfg_path, source_dir = _from_run(client, source, Path(tmp))
         else:

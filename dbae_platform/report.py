@@ -150,9 +150,10 @@ def share_reference_trials(sweeps: Sequence[Sweep]) -> None:
                 if run.info.status != "FINISHED" or not _same_run(reference, params, sweep.swept):
                     continue
                 values = {k: ablation.parse_param(params.get(k)) for k in sweep.swept}
-                if json.dumps(values, sort_keys=True, default=str) in have:
+                key = json.dumps(values, sort_keys=True, default=str)
+                if key in have:
                     continue
-                have.add(json.dumps(values, sort_keys=True, default=str))
+                have.add(key)
                 sweep.trials.append(ablation.Trial(run.info.run_id, run.info.run_name or run.info.run_id, values,
                                                    int(params.get("train.seed", -1)), dict(run.data.metrics),
                                                    run.info.status))

@@ -57,6 +57,12 @@ def build_model(cfg: Config) -> torch.nn.Module:
     return model_from_config(cfg.model_config())
 
 
+def weights_state(state: dict[str, Any]) -> dict[str, Any]:
+    """What a model needs of a training state to be rebuilt with its EMA weights (load_model): `ema.pt` of a run, and
+    the `state.pt` of a registered model (dbae_platform.registry)."""
+    return {k: state[k] for k in ("ema", "step", "model_kind", "model_config") if k in state}
+
+
 def load_model(state: dict[str, Any], ema: bool = True) -> torch.nn.Module:
     """A model rebuilt from a checkpoint's recorded config, with its EMA (default) or raw weights."""
     kind = state.get("model_kind", "dbae")
@@ -385,7 +391,7 @@ def _publish(uri: str, run_id: str, run_dir: Path, checkpoint: Path | None, metr
     if checkpoint is not None:  # the EMA weights and the config, small enough to keep in MLflow
         state = load_checkpoint(checkpoint / STATE_FILE)
         ema_path = run_dir / "ema.pt"
-        torch.save({k: state[k] for k in ("ema", "step", "model_kind", "model_config")}, ema_path)
+        torch.save(weights_state(state), ema_path)
         artifacts = [ema_path, run_dir / "config.yaml"]
         images = {f"eval_{png.stem}": png for png in sorted((checkpoint / EVAL_DIR).glob("*.png"))}
     tags = {}

@@ -106,6 +106,10 @@ def test_registered_checkpoint_loads_by_uri_with_the_checkpoints_outputs(store, 
     for timed in (by_uri, by_path):  # milliseconds per image: a timing, not a result
         del timed["eval/encode_ms"]
     assert by_uri == by_path and "eval/recon_mse" in by_uri
+    # the README's `dbae generate models:/NAME/latest`: the newest version, here the only one
+    assert main(["generate", "models:/dbae-small/latest", "--n", "4", "--steps", "2", "--prior-steps", "2", "--out",
+                 "g_latest", "--device", "cpu"]) == 0
+    np.testing.assert_array_equal(pixels(tmp_path / "g_latest/samples.png"), pixels(tmp_path / "g_ckpt/samples.png"))
     for png in ("g_{}/samples.png", "i_{}/interpolations.png", "i_{}/interpolation_0.png"):
         np.testing.assert_array_equal(pixels(tmp_path / png.format("ckpt")), pixels(tmp_path / png.format("uri")))
     cached = tmp_path / "runs" / "models" / "dbae-small" / "1"
