@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["positive", "at_least", "port", "seed", "name", "host", "existing_path", "existing_file",
-           "existing_dir", "directory", "output_file", "directory_or_uri", "checkpoint_ref", "blocking_file",
-           "MODEL_URIS"]
+           "existing_dir", "directory", "output_file", "directory_or_uri", "storage_path", "checkpoint_ref",
+           "blocking_file", "MODEL_URIS"]
 
 _NOUNS = {int: "an integer", float: "a number"}
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
@@ -110,9 +110,13 @@ def _existing(text: str, want_dir: bool) -> Path:
 
 @_kind("checkpoint or model URI")
 def checkpoint_ref(text: str) -> Path | str:
-    """A checkpoint path (checked by the command, which says what a checkpoint directory holds) or an MLflow model URI
-    (models:/NAME/VERSION, runs:/RUN_ID/model), kept as text."""
-    return text if text.startswith(MODEL_URIS) else Path(text).expanduser()
+    """A checkpoint path (checked by the command, which says what a checkpoint directory holds), a checkpoint in a
+    bucket (s3://..., gs://...) or an MLflow model URI (models:/NAME/VERSION, runs:/RUN_ID/model), kept as text."""
+    if text.startswith(MODEL_URIS):
+        return text
+    if "://" in text:
+        return _bucket_uri(text)
+    return Path(text).expanduser()
 
 
 @_kind("input file")
@@ -130,6 +134,8 @@ def existing_dir(text: str) -> Path:
 @_kind("output directory")
 def directory(text: str) -> Path:
     """A directory the command writes into: it may not exist yet, but it (or a parent) must not be a file."""
+    if "://" in text:
+        raise argparse.ArgumentTypeError(f"{text} is a URI: pass a local directory path")
     path = Path(text).expanduser()
     blocker = blocking_file(path)
     if blocker is not None:
@@ -147,6 +153,28 @@ def output_file(text: str) -> Path:
     if blocker is not None:
         raise argparse.ArgumentTypeError(f"{text} cannot be written: {blocker} is a file, not a directory")
     return path
+
+
+def _bucket_uri(text: str) -> str:
+    """s3://BUCKET/PREFIX or gs://BUCKET/PREFIX (the object stores Ray Train and Tune write to), as text."""
+    from dbae_platform.storage import OBJECT_STORES, ObjectPath
+    if not text.startswith(OBJECT_STORES):
+        raise argparse.ArgumentTypeError(f"{text}: only s3://BUCKET/PREFIX and gs://BUCKET/PREFIX URIs are storage "
+                                         "(or pass a directory path)")
+    try:
+        return str(ObjectPath(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+@_kind("output directory or bucket")
+def storage_path(text: str) -> str:
+    """A runs directory (see `directory`) or a bucket URI (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX), as text; the
+    command checks that it can write there before it starts."""
+    if "://" in text:
+        return _bucket_uri(text)
+    directory(text)
+    return text
 
 
 @_kind("output directory or URI")

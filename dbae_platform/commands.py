@@ -11,8 +11,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dbae_platform.argtypes import checkpoint_ref, directory, existing_file, host, name, output_file, port, positive
-from dbae_platform.storage import default_storage_path
+from dbae_platform.argtypes import (
+    checkpoint_ref,
+    directory,
+    existing_file,
+    host,
+    name,
+    output_file,
+    port,
+    positive,
+    storage_path,
+)
+from dbae_platform.storage import local_runs_dir
 from dbae_platform.tracking import TrackingError
 
 __all__ = ["add_train", "add_eval", "add_register", "add_registry_flag", "add_ui", "add_sweep", "add_table",
@@ -32,6 +42,9 @@ def add_train(sub) -> None:
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
                    help="dotted override, repeatable: --set model.latent_dim=32 --set train.steps=200")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and parameter counts, then exit")
+    p.add_argument("--storage-path", type=storage_path, metavar="DIR_OR_BUCKET",
+                   help="runs directory (tracking.runs_dir): a directory, or a bucket (s3://BUCKET/PREFIX, "
+                        "gs://BUCKET/PREFIX; then --tracking-uri too); default $DBAE_STORAGE_PATH, else runs")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (overrides MLFLOW_TRACKING_URI)")
 
 
@@ -78,8 +91,8 @@ def add_ui(sub) -> None:
                                    "127.0.0.1 with one worker and job execution off. Ctrl-C stops it.")
     p.add_argument("--port", type=port, default=5000, help="TCP port, 1-65535 (default 5000)")
     p.add_argument("--host", type=host, default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    p.add_argument("--runs-dir", type=directory, default=Path(default_storage_path()),
-                   help="where the embedded store lives (default $DBAE_STORAGE_PATH, else runs)")
+    p.add_argument("--runs-dir", type=directory, default=Path(local_runs_dir()),
+                   help="where the embedded store lives (default $DBAE_STORAGE_PATH unless a bucket, else runs)")
 
 
 def add_sweep(sub) -> None:
@@ -119,8 +132,8 @@ def add_report(sub) -> None:
 def _add_store_flags(p: argparse.ArgumentParser) -> None:
     """--tracking-uri and --runs-dir: the MLflow store a command reads."""
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (overrides MLFLOW_TRACKING_URI)")
-    p.add_argument("--runs-dir", type=directory, default=Path(default_storage_path()),
-                   help="where the embedded store lives (default $DBAE_STORAGE_PATH, else runs)")
+    p.add_argument("--runs-dir", type=directory, default=Path(local_runs_dir()),
+                   help="where the embedded store lives (default $DBAE_STORAGE_PATH unless a bucket, else runs)")
 
 
 def _store_uri(args: argparse.Namespace) -> str:
@@ -188,7 +201,8 @@ def _table(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from dbae_platform.config import load_config
     from dbae_platform.train import dry_run, train
-    cfg = load_config(args.config, args.overrides)
+    where = [f"tracking.runs_dir={args.storage_path}"] if args.storage_path is not None else []
+    cfg = load_config(args.config, [*where, *args.overrides])
     if args.dry_run:
         sys.stdout.write(dry_run(cfg) + "\n")
         return 0
@@ -200,7 +214,7 @@ def _train(args: argparse.Namespace) -> int:
              result.tracking_uri, result.checkpoint)
     from dbae_platform.tracking import run_urls
     runs, run = run_urls(result.tracking_uri, result.run_id)
-    embedded = result.tracking_uri.startswith("sqlite:")
+    embedded = result.tracking_uri == f"sqlite:///{Path(str(cfg.tracking.runs_dir)).resolve() / 'mlflow.db'}"
     serve = f" (serve it: dbae ui --runs-dir {cfg.tracking.runs_dir})" if embedded else ""
     sys.stdout.write(f"MLflow runs table: {runs}{serve}\nthis run: {run}\n")
     return 0
@@ -214,7 +228,7 @@ def checkpoint_files(args: argparse.Namespace) -> tuple[Path, Path]:
         from dbae_platform.tracking import check_reachable
         check_reachable(uri)
     elif is_model_uri(args.checkpoint):  # the store a URI comes from must exist
-        uri = _store_uri(argparse.Namespace(tracking_uri=None, runs_dir=Path(default_storage_path())))
+        uri = _store_uri(argparse.Namespace(tracking_uri=None, runs_dir=Path(local_runs_dir())))
     state_path, cfg_path = resolve_checkpoint(args.checkpoint, uri)
     if cfg_path is None:
         raise FileNotFoundError(f"no config.yaml beside {state_path}: the run's dataset is unknown; pass a checkpoint "
@@ -224,8 +238,9 @@ def checkpoint_files(args: argparse.Namespace) -> tuple[Path, Path]:
 
 def _register(args: argparse.Namespace) -> int:
     from dbae_platform.registry import is_run_id, register, resolve_checkpoint
+    from dbae_platform.storage import is_object_store
     from dbae_platform.tracking import resolve_uri
-    if Path(args.source).exists():  # the checkpoint is read before any store is touched
+    if is_object_store(args.source) or Path(args.source).exists():  # the checkpoint is read before any store is used
         resolve_checkpoint(args.source)
         uri = resolve_uri(args.tracking_uri, None, args.runs_dir.expanduser().resolve())
         from dbae_platform.tracking import check_reachable

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from torch.utils.data import Dataset, IterableDataset
 from dbae_core.checkpoint import REQUIRED_KEYS, CheckpointError
 from dbae_platform.argtypes import blocking_file
 from dbae_platform.config import Config, ConfigError, load_config
+from dbae_platform.storage import ObjectPath, StoragePath, location
 from dbae_platform.train import STATE_FILE
 
 __all__ = ["check_run", "check_sweep", "check_directories", "check_data", "check_data_on_nodes",
@@ -39,7 +41,8 @@ def check_run(cfg: Config) -> None:
     runs_dir, run_dir = run_paths(cfg)
     check_directories(runs_dir, run_dir, fix="set tracking.runs_dir to a directory, or --set name=NEW")
     check_data(cfg)
-    newest_loadable_checkpoint(run_dir)
+    if isinstance(run_dir, Path):  # in a bucket the workers fall back (resume_state) without a download here first
+        newest_loadable_checkpoint(run_dir)
     if _cluster_driver():
         check_data_on_nodes(cfg)
 
@@ -47,19 +50,36 @@ def check_run(cfg: Config) -> None:
 def check_sweep(cfg: Config, storage_path: str | Path) -> None:
     """Before a sweep starts (its driver, with the base config): the storage path and the data; on a cluster, the
     data on the worker nodes too. Raises ConfigError (one line)."""
-    check_directories(Path(storage_path).expanduser(), fix="pass --storage-path with a directory")
+    check_directories(location(storage_path), fix="pass --storage-path with a directory")
     check_data(cfg)
     if _cluster_driver():
         check_data_on_nodes(cfg)
 
 
 # -- directories -------------------------------------------------------------------------------------
-def check_directories(*paths: Path, fix: str = "pass a directory path") -> None:
-    """Each path is, or can become, a directory: neither it nor a parent is a file."""
+def check_directories(*paths: StoragePath, fix: str = "pass a directory path") -> None:
+    """Each path is, or can become, a directory: neither it nor a parent is a file. A bucket's prefix must take a
+    write from this machine."""
     for path in paths:
+        if isinstance(path, ObjectPath):
+            check_writable(path)
+            continue
         blocker = blocking_file(Path(path))
         if blocker is not None:
             raise ConfigError(f"{path} cannot be a directory: {blocker} is a file; {fix}")
+
+
+def check_writable(path: ObjectPath) -> None:
+    """This machine can write under a bucket's prefix (it writes and deletes a marker); ConfigError otherwise."""
+    marker = path / f".dbae-write-check-{uuid.uuid4().hex}"
+    try:
+        marker.write_text("written by dbae to check access; deleted at once\n")
+        marker.unlink(missing_ok=True)
+    except Exception as err:  # no such bucket, no credentials, no route to the endpoint, ...
+        text = " ".join(str(err).split())[:200]
+        raise ConfigError(f"storage path {path} cannot be written ({type(err).__name__}: {text}): check the bucket "
+                          "name and this machine's credentials (AWS_*/GOOGLE_* environment, an instance role or "
+                          "service account; AWS_ENDPOINT_URL for an S3-compatible server)") from None
 
 
 # -- data --------------------------------------------------------------------------------------------

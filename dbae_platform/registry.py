@@ -29,6 +29,7 @@ from typing import Any
 
 from dbae_platform.argtypes import MODEL_URIS
 from dbae_platform.config import ConfigError
+from dbae_platform.storage import is_object_store, local_copy, location
 
 __all__ = ["MODEL_NAME", "Registered", "is_model_uri", "is_run_id", "resolve_checkpoint", "fetch", "package",
            "register", "best_trial_run"]
@@ -65,13 +66,16 @@ def is_run_id(text: str) -> bool:
 # -- reading: a path or a URI as (state.pt, config.yaml) ------------------------------------------------------
 def resolve_checkpoint(ref: str | Path, tracking_uri: str | None = None,
                        runs_dir: str | Path | None = None) -> tuple[Path, Path | None]:
-    """(state file, config.yaml or None) of a checkpoint directory, a state file, or a models:/ or runs:/ URI (fetched
-    from `tracking_uri` into `runs_dir`/models)."""
+    """(state file, config.yaml or None) of a checkpoint directory, a state file, a checkpoint in a bucket (s3://...,
+    gs://...: copied into this machine's cache), or a models:/ or runs:/ URI (fetched from `tracking_uri` into
+    `runs_dir`/models)."""
+    from dbae_platform import storage
     if is_model_uri(ref):
-        from dbae_platform.storage import default_storage_path
         from dbae_platform.tracking import resolve_uri
-        runs = Path(runs_dir or default_storage_path()).expanduser().resolve()
+        runs = Path(runs_dir or storage.local_runs_dir()).expanduser().resolve()
         ref = fetch(str(ref), resolve_uri(tracking_uri, None, runs), runs / "models")
+    elif storage.is_object_store(ref):
+        ref = _download_checkpoint(storage.ObjectPath(str(ref)))
     path = Path(ref)
     if path.is_dir():
         state = path / "state.pt"
@@ -84,6 +88,23 @@ def resolve_checkpoint(ref: str | Path, tracking_uri: str | None = None,
                                 "train (it holds state.pt and config.yaml) or models:/NAME/VERSION")
     cfg = path.parent / "config.yaml"
     return path, cfg if cfg.is_file() else None
+
+
+def _download_checkpoint(remote) -> Path:
+    """A local copy of a checkpoint directory or state file in a bucket (a file comes with the config.yaml beside
+    it), in this machine's cache: the command then reads it, and writes its outputs, as for a local checkpoint."""
+    from dbae_platform import storage
+    if remote.is_file():
+        local = storage.local_copy(remote, storage.cache_dir(remote))
+        if (remote.parent / "config.yaml").is_file():
+            storage.local_copy(remote.parent / "config.yaml", local.parent / "config.yaml")
+        return local
+    if not remote.is_dir():
+        raise FileNotFoundError(f"checkpoint {remote} does not exist: pass a checkpoint directory written by dbae "
+                                "train (it holds state.pt and config.yaml), e.g. s3://BUCKET/PREFIX/RUN/checkpoint_...")
+    local = storage.local_copy(remote)
+    log.info("copied %s to %s", remote, local)
+    return local
 
 
 def _model_version(client, uri: str, tracking_uri: str):
@@ -167,11 +188,12 @@ def package(state: dict[str, Any], config_yaml: Path, source_dir: Path | None, o
     return pkg
 
 
-def _run_of_checkpoint(state_path: Path, tracking_uri: str) -> str | None:
-    """The MLflow run that wrote a checkpoint under runs/NAME/checkpoint_*, when it was logged to this store."""
+def _run_of_checkpoint(state_path, tracking_uri: str) -> str | None:
+    """The MLflow run that wrote a checkpoint under runs/NAME/checkpoint_* (a local path or a bucket's), when it was
+    logged to this store."""
     from dbae_platform.train import RESULT_FILE
     for result in (state_path.parent.parent / RESULT_FILE, state_path.parent / RESULT_FILE):
-        if result.is_file():
+        if _reachable_file(result):
             record = json.loads(result.read_text())
             if record.get("tracking_uri") == tracking_uri:
                 return record.get("run_id")
@@ -191,10 +213,11 @@ def _from_run(client, run_id: str, tmp: Path) -> tuple[Path, Path, Path | None]:
                           "MLflow UI or a checkpoint directory") from None
     if run.info.status != "FINISHED":
         raise ValueError(f"run {run_id} is {run.info.status}: register a finished run (rerun its command to finish it)")
-    result = Path(run.data.tags.get("dbae.run_dir", "/nonexistent")) / RESULT_FILE
-    if result.is_file():
-        checkpoint = Path(json.loads(result.read_text()).get("checkpoint") or "/nonexistent")
-        if (checkpoint / "state.pt").is_file() and (checkpoint / "config.yaml").is_file():
+    result = location(run.data.tags.get("dbae.run_dir", "/nonexistent")) / RESULT_FILE
+    if _reachable_file(result):
+        checkpoint = location(json.loads(result.read_text()).get("checkpoint") or "/nonexistent")
+        if _reachable_file(checkpoint / "state.pt") and _reachable_file(checkpoint / "config.yaml"):
+            checkpoint = local_copy(checkpoint, tmp / "checkpoint")
             return checkpoint / "state.pt", checkpoint / "config.yaml", checkpoint
     import mlflow
     try:
@@ -206,6 +229,14 @@ def _from_run(client, run_id: str, tmp: Path) -> tuple[Path, Path, Path | None]:
         raise LookupError(f"run {run_id} has no model (no ema.pt and config.yaml among its artifacts): pass a run "
                           "that dbae train finished") from None
     return Path(state), Path(cfg), None
+
+
+def _reachable_file(path) -> bool:
+    """Whether this machine can read the file at `path` (a bucket it has no credentials for counts as no)."""
+    try:
+        return path.is_file()
+    except Exception:
+        return False
 
 
 def _input_example(config_yaml: Path):
@@ -245,7 +276,10 @@ def register(source: str | Path, name: str, tracking_uri: str) -> Registered:
             if cfg_path is None:
                 raise FileNotFoundError(f"no config.yaml beside {state_path}: pass a checkpoint directory written "
                                         "by dbae train")
-            source_dir, run_id = state_path.parent, _run_of_checkpoint(state_path, tracking_uri)
+            origin = location(source) if is_object_store(source) else state_path  # where dbae train wrote it
+            if origin.name != state_path.name:
+                origin = origin / state_path.name
+            source_dir, run_id = state_path.parent, _run_of_checkpoint(origin, tracking_uri)
         state = load_checkpoint(state_path, required=WEIGHTS_KEYS)
         pkg = package(state, cfg_path, source_dir, Path(tmp) / "package")
         model = DBAEModel()

@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from dbae_platform.argtypes import positive
-from dbae_platform.storage import default_storage_path
+from dbae_platform.storage import default_storage_path, is_object_store
 from dbae_platform.tune import Study, parse_space_overrides, run_sweep
 
 __all__ = ["add_study_flags", "apply_flags", "run_study", "main"]
@@ -38,9 +37,11 @@ def add_study_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrent", type=positive(int), help="trials at once (default: as many as fit)")
     p.add_argument("--name", type=argtypes.name,
                    help="sweep name (default: the study's); names the MLflow experiment sweep/NAME")
-    p.add_argument("--storage-path", type=argtypes.directory, default=Path(default_storage_path()),
+    p.add_argument("--storage-path", type=argtypes.storage_path, default=default_storage_path(),
+                   metavar="DIR_OR_BUCKET",
                    help="runs directory: Tune state, trial checkpoints, ablation files, embedded MLflow store; on a "
-                        "multi-node cluster a directory every node mounts (default $DBAE_STORAGE_PATH, else runs)")
+                        "multi-node cluster a directory every node mounts or a bucket (s3://BUCKET/PREFIX, "
+                        "gs://BUCKET/PREFIX; then --tracking-uri too). Default $DBAE_STORAGE_PATH, else runs")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are kept")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (overrides MLFLOW_TRACKING_URI)")
     p.add_argument("--register", metavar="NAME", type=argtypes.name,
@@ -99,12 +100,13 @@ def run_study(study: Study, args: argparse.Namespace) -> int:
     sys.stdout.write(f"\nfiles: {files}\n")
     from dbae_platform.tracking import run_urls
     runs, parent = run_urls(result.tracking_uri, result.parent_run_id)
-    serve = f" (serve it: dbae ui --runs-dir {args.storage_path})" if result.tracking_uri.startswith("sqlite:") else ""
+    local_store = result.tracking_uri.startswith("sqlite:") and not is_object_store(args.storage_path)
+    serve = f" (serve it: dbae ui --runs-dir {args.storage_path})" if local_store else ""
     sys.stdout.write(f"MLflow runs table of experiment {study.experiment_name}: {runs}{serve}\n"
                      f"the sweep's parent run (ablation table, plots): {parent}\n"
                      f"rebuild the table at any time: dbae table {study.experiment_name}"
                      f"{'' if args.tracking_uri is None else f' --tracking-uri {args.tracking_uri}'}"
-                     f"{'' if str(args.storage_path) == 'runs' else f' --runs-dir {args.storage_path}'}\n")
+                     f"{f' --runs-dir {args.storage_path}' if local_store and args.storage_path != 'runs' else ''}\n")
     return 0
 
 

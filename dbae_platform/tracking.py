@@ -51,10 +51,18 @@ def configure_retries() -> None:
         os.environ.setdefault(key, value)
 
 
-def resolve_uri(flag: str | None, configured: str | None, runs_dir: Path) -> str:
-    """flag > config tracking.uri > $MLFLOW_TRACKING_URI > sqlite:///<runs_dir>/mlflow.db."""
+def resolve_uri(flag: str | None, configured: str | None, runs_dir: Any) -> str:
+    """flag > config tracking.uri > $MLFLOW_TRACKING_URI > sqlite:///<runs_dir>/mlflow.db (a local runs_dir: a bucket
+    cannot hold sqlite, so there a URI must be given)."""
     uri = flag or configured or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{(runs_dir / 'mlflow.db').resolve()}"
+    if uri:
+        return uri
+    from dbae_platform.storage import is_object_store
+    if is_object_store(runs_dir):
+        raise TrackingError(f"the runs directory {runs_dir} is a bucket, which cannot hold the embedded MLflow store "
+                            "(a sqlite file): pass --tracking-uri http://HOST:5000 (an MLflow server) or "
+                            "sqlite:////local/dir/mlflow.db, or set MLFLOW_TRACKING_URI")
+    return f"sqlite:///{(Path(runs_dir) / 'mlflow.db').resolve()}"
 
 
 def _is_http(uri: str) -> bool:

@@ -27,11 +27,11 @@ from dbae_core.data import make_dataset
 from dbae_core.data.transforms import to_uint8
 from dbae_core.metrics import mse, to_unit
 from dbae_core.training import NonFiniteLossError, fit
-from dbae_platform import tracking
+from dbae_platform import storage, tracking
 from dbae_platform.config import RESUMABLE_KEYS, Config, ConfigError, config_diff, flatten, load_config
 from dbae_platform.evaluate import Sampling
 from dbae_platform.run_status import RunStatus
-from dbae_platform.storage import node_label, require_shared_storage
+from dbae_platform.storage import StoragePath, node_label, require_shared_storage
 
 __all__ = ["train", "TrainResult", "build_model", "build_datasets", "dry_run", "run_paths", "load_model"]
 
@@ -43,11 +43,11 @@ EVAL_DIR = "eval"  # in the final checkpoint: the evaluation's image grids
 
 @dataclass(frozen=True)
 class TrainResult:
-    run_dir: Path
+    run_dir: StoragePath
     run_id: str
     tracking_uri: str
     step: int
-    checkpoint: Path | None
+    checkpoint: StoragePath | None
     metrics: dict[str, float]
 
 
@@ -94,9 +94,10 @@ def build_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
     return train, test
 
 
-def run_paths(cfg: Config) -> tuple[Path, Path]:
-    """(runs directory, this run's directory): Ray Train's storage_path and storage_path/name."""
-    runs_dir = Path(cfg.tracking.runs_dir).expanduser().resolve()
+def run_paths(cfg: Config) -> tuple[StoragePath, StoragePath]:
+    """(runs directory, this run's directory): Ray Train's storage_path and storage_path/name, each a local Path or,
+    for an s3:// or gs:// runs directory, an ObjectPath."""
+    runs_dir = storage.location(cfg.tracking.runs_dir)
     return runs_dir, runs_dir / cfg.name
 
 
@@ -345,7 +346,7 @@ def _train_and_evaluate(cfg: Config, loop_config: dict[str, Any], rank: int, dev
 
 
 # -- the driver --------------------------------------------------------------------------------------
-def _check_resumable(cfg: Config, run_dir: Path) -> None:
+def _check_resumable(cfg: Config, run_dir: StoragePath) -> None:
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return
@@ -381,19 +382,34 @@ def _mark(uri: str, run_id: str, status: str) -> None:
                   str(err).splitlines()[0] if str(err) else "")
 
 
-def _publish(uri: str, run_id: str, run_dir: Path, checkpoint: Path | None, metrics: dict[str, float],
-             workers: list[dict], step: int) -> None:
+def _publish(uri: str, run_id: str, run_dir: StoragePath, checkpoint: StoragePath | None,
+             metrics: dict[str, float], workers: list[dict], step: int) -> None:
     """Log a finished run's results (final metrics, evaluation images, EMA weights, config, where it ran), read them
     back, and only then mark the run FINISHED. Raises IncompleteLogError naming what the store lacks."""
+    with tempfile.TemporaryDirectory(prefix="dbae_publish_") as tmp:
+        _log_results(uri, run_id, run_dir, checkpoint, metrics, workers, step, Path(tmp))
+    tracking.finish_run(uri, run_id, "FINISHED")
+
+
+def _log_results(uri: str, run_id: str, run_dir: StoragePath, checkpoint: StoragePath | None,
+                 metrics: dict[str, float], workers: list[dict], step: int, tmp: Path) -> None:
+    """_publish's logging, with the files it needs locally (a bucket's are copied into `tmp` first)."""
     from PIL import Image
     artifacts: list[Path] = []
     images: dict[str, Path] = {}
     if checkpoint is not None:  # the EMA weights and the config, small enough to keep in MLflow
-        state = load_checkpoint(checkpoint / STATE_FILE)
-        ema_path = run_dir / "ema.pt"
+        state = load_checkpoint(storage.local_copy(checkpoint / STATE_FILE, tmp / STATE_FILE))
+        local_run = run_dir if isinstance(run_dir, Path) else tmp
+        ema_path = local_run / "ema.pt"
         torch.save(weights_state(state), ema_path)
-        artifacts = [ema_path, run_dir / "config.yaml"]
-        images = {f"eval_{png.stem}": png for png in sorted((checkpoint / EVAL_DIR).glob("*.png"))}
+        del state
+        if local_run is tmp:
+            (tmp / "config.yaml").write_text((run_dir / "config.yaml").read_text())
+        artifacts = [ema_path, local_run / "config.yaml"]
+        eval_dir = checkpoint / EVAL_DIR
+        if eval_dir.is_dir():
+            eval_dir = storage.local_copy(eval_dir, tmp / EVAL_DIR)
+            images = {f"eval_{png.stem}": png for png in sorted(eval_dir.glob("*.png"))}
     tags = {}
     if workers:
         tags = {"dbae.nodes": ",".join(sorted({node_label(w["ip"], w["node_id"]) for w in workers})),
@@ -412,10 +428,9 @@ def _publish(uri: str, run_id: str, run_dir: Path, checkpoint: Path | None, metr
         raise tracking.IncompleteLogError(
             f"run {run_dir.name} finished (results on disk in {run_dir / RESULT_FILE}) but MLflow at {uri} lacks "
             f"{', '.join(missing[:5])}{more}: rerun the same command when the store is back to log them")
-    tracking.finish_run(uri, run_id, "FINISHED")
 
 
-def _write_result(run_dir: Path, record: dict[str, Any]) -> None:
+def _write_result(run_dir: StoragePath, record: dict[str, Any]) -> None:
     (run_dir / RESULT_FILE).write_text(json.dumps(record, indent=2))
 
 
@@ -438,7 +453,8 @@ def train(cfg: Config, tracking_uri: str | None = None, parent_run_id: str | Non
     _check_resumable(cfg, run_dir)
     done = run_dir / RESULT_FILE
     if done.is_file() and (previous := json.loads(done.read_text()))["step"] >= cfg.train.steps:
-        checkpoint = Path(previous["checkpoint"]) if previous.get("checkpoint") not in (None, "None") else None
+        checkpoint = storage.location(previous["checkpoint"]) if previous.get("checkpoint") not in (None, "None") \
+            else None
         if not previous.get("logged", True):  # trained, but MLflow did not take the results: log them now
             log.info("run %r finished at step %d; logging its results to MLflow again", cfg.name, previous["step"])
             _publish(previous["tracking_uri"], previous["run_id"], run_dir, checkpoint, previous["metrics"],
@@ -488,7 +504,9 @@ def train(cfg: Config, tracking_uri: str | None = None, parent_run_id: str | Non
         if settle_status:
             _mark(uri, run_id, "FAILED")
         raise RuntimeError(f"training failed: {err}") from err
-    checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else None
+    checkpoint = None
+    if result.checkpoint is not None:
+        checkpoint = storage.from_filesystem(result.checkpoint.filesystem, result.checkpoint.path)
     metrics = dict(result.metrics or {})
     nonfinite = ray.get(status.get_nonfinite.remote())
     if nonfinite is not None:

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +34,9 @@ from typing import Any
 
 import yaml
 
-from dbae_platform import ablation, tracking
+from dbae_platform import ablation, storage, tracking
 from dbae_platform.config import Config, ConfigError, flatten, load_config, parse_overrides
+from dbae_platform.storage import ObjectPath, StoragePath
 
 __all__ = ["Study", "SweepResult", "load_study", "study_from_dict", "run_sweep", "SEARCHES", "SMOKE"]
 
@@ -95,7 +97,7 @@ class SweepResult:
     parent_run_id: str
     tracking_uri: str
     table_markdown: str
-    artifacts: dict[str, Path]
+    artifacts: dict[str, StoragePath]
     best: dict[str, Any] | None
     trials: int
 
@@ -357,7 +359,7 @@ def _tune_space(study: Study) -> dict[str, Any]:
 OPTUNA_DB = "optuna.db"  # in the sweep's directory: the Optuna study (trials, values), e.g. for optuna-dashboard
 
 
-def _searcher(study: Study, seed: int, concurrent: int, sweep_dir: Path):
+def _searcher(study: Study, seed: int, concurrent: int, optuna_dir: Path):
     """(search_alg, num_samples) for Tune: every configuration once per seed, its values drawn once for all seeds."""
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
     if study.search in ("grid", "random"):
@@ -372,7 +374,7 @@ def _searcher(study: Study, seed: int, concurrent: int, sweep_dir: Path):
     metric = list(study.metric) if len(study.metric) > 1 else study.metric[0]
     mode = list(study.mode) if len(study.mode) > 1 else study.mode[0]
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, study.num_samples // 2)))
-    storage = optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / OPTUNA_DB}")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{optuna_dir / OPTUNA_DB}")
     inner = OptunaSearch(metric=metric, mode=mode, sampler=sampler, storage=storage, study_name=study.name)
     search = SeedGroups(inner, list(study.seeds), metric, SEED_KEY)
     return ConcurrencyLimiter(search, max_concurrent=concurrent), study.num_samples * len(study.seeds)
@@ -396,7 +398,8 @@ def _max_concurrent(study: Study, cfg: Config) -> int:
     return concurrent
 
 
-def _open_parent(study: Study, cfg: Config, uri: str, sweep_dir: Path, runs_dir: Path, resume: bool) -> str:
+def _open_parent(study: Study, cfg: Config, uri: str, sweep_dir: StoragePath, runs_dir: StoragePath,
+                 resume: bool) -> str:
     params = {f"space.{k}": json.dumps(v) for k, v in study.space.items()}
     params.update({"search": study.search, "metric": ",".join(study.metric), "mode": ",".join(study.mode),
                    "seeds": ",".join(map(str, study.seeds)), "preset": study.preset,
@@ -442,7 +445,7 @@ def _error_line(result) -> str:
 
 def _failure(study: Study, grid, failed: list) -> SweepFailed:
     first = failed[0]
-    log_file = Path(first.path) / "error.txt" if first.path else None
+    log_file = storage.from_filesystem(first.filesystem, first.path) / "error.txt" if first.path else None
     more = f" (and {len(failed) - 1} more: {', '.join(_trial_label(r) for r in failed[1:4])})" if len(failed) > 1 \
         else ""
     where = f"; full log: {log_file}" if log_file is not None else ""
@@ -514,11 +517,11 @@ def _best(study: Study, table) -> dict[str, Any] | None:
     return {"values": {k: best[k] for k in study.swept}, "metric": metric, "value": best[col], "n": best["n"]}
 
 
-def _optuna_summary(study: Study, sweep_dir: Path, out: Path) -> list[Path]:
-    """The Optuna study behind the search: every trial as CSV, the best (or Pareto-optimal) trials as text."""
+def _optuna_summary(study: Study, db: Path | None, out: Path) -> list[Path]:
+    """The Optuna study behind the search (its sqlite file `db`): every trial as CSV, the best (or Pareto-optimal)
+    trials as text."""
     import optuna
-    db = sweep_dir / OPTUNA_DB
-    if study.search != "optuna" or not db.is_file():
+    if study.search != "optuna" or db is None or not db.is_file():
         return []
     ot_study = optuna.load_study(study_name=study.name, storage=f"sqlite:///{db}")
     csv = out / "optuna_trials.csv"
@@ -540,19 +543,20 @@ def run_sweep(study: Study, *, storage_path: str | Path = "runs", resume: bool =
               tracking_uri: str | None = None, extra_overrides: dict[str, Any] | None = None) -> SweepResult:
     """Run (or with `resume`, continue) the sweep; returns the ablation table and where it was written.
 
-    Layout under `storage_path`: sweeps/<name>/ holds Tune's experiment (trial state, for --resume), train/ (one Ray
-    Train run directory per trial) and ablation/ (table and plots); the MLflow store defaults to
-    sqlite:///<storage_path>/mlflow.db, shared with single runs.
+    Layout under `storage_path` (a directory, or a bucket: s3://BUCKET/PREFIX, gs://BUCKET/PREFIX): sweeps/<name>/
+    holds Tune's experiment (trial state, for --resume), train/ (one Ray Train run directory per trial), ablation/
+    (table and plots) and the Optuna study (optuna.db); the MLflow store defaults to sqlite:///<storage_path>/mlflow.db,
+    shared with single runs (a bucket needs `tracking_uri`). With a bucket, the Optuna study is kept in this machine's
+    cache while the sweep runs and copied to the bucket at its end.
     """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     from dbae_platform import preflight
-    from dbae_platform.storage import require_shared_storage
     from dbae_platform.train import ray_init
 
     cfg = base_config(study, smoke, extra_overrides)
-    runs_dir = Path(storage_path).expanduser().resolve()
+    runs_dir = storage.location(storage_path)
     tune_dir = runs_dir / "sweeps"
     sweep_dir = tune_dir / study.name
     if resume and not (sweep_dir / tracking.RUN_FILE).is_file():
@@ -562,11 +566,12 @@ def run_sweep(study: Study, *, storage_path: str | Path = "runs", resume: bool =
     tracking.check_reachable(uri)
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # training reports carry eval/* only at the end
     ray_init()
-    require_shared_storage(runs_dir)  # before anything is written: every trial's node must see the same runs
+    storage.require_shared_storage(runs_dir)  # before anything is written: every trial's node must see the same runs
     sweep_dir.mkdir(parents=True, exist_ok=True)
     parent_run_id = _open_parent(study, cfg, uri, sweep_dir, runs_dir, resume)
     concurrent = _max_concurrent(study, cfg)
-    search, num_samples = _searcher(study, cfg.train.seed, concurrent, sweep_dir)
+    optuna_dir = _optuna_dir(sweep_dir, resume)
+    search, num_samples = _searcher(study, cfg.train.seed, concurrent, optuna_dir)
     trainable = tune.with_parameters(
         run_trial, base=cfg.to_dict(), swept=study.swept, trials_dir=str(sweep_dir / "train"),
         experiment=study.experiment_name, tracking_uri=uri, parent_run_id=parent_run_id,
@@ -607,37 +612,57 @@ def run_sweep(study: Study, *, storage_path: str | Path = "runs", resume: bool =
         tracking.finish_run(uri, parent_run_id, "KILLED")
         raise KeyboardInterrupt(f"sweep {study.name} interrupted")
     result = finish_sweep(study, uri, parent_run_id, sweep_dir / "ablation",
-                          status="FAILED" if failed else "FINISHED")
+                          status="FAILED" if failed else "FINISHED", optuna_db=optuna_dir / OPTUNA_DB)
     if failed:  # the table of the trials that finished is written; the command still fails, naming the others
         raise _failure(study, grid, failed)
     return dataclasses.replace(result, trials=len(grid))
 
 
-def finish_sweep(study: Study, uri: str, parent_run_id: str, out: Path,
-                 status: str = "FINISHED") -> SweepResult:
-    """Ablation table (md, csv, parquet), plots, best trial and Optuna summary onto the parent run."""
-    out.mkdir(parents=True, exist_ok=True)
+def _optuna_dir(sweep_dir: StoragePath, resume: bool) -> Path:
+    """Where the Optuna study's sqlite file lives while the sweep runs: the sweep's directory, or for a bucket (which
+    cannot hold a live sqlite file) this machine's cache, seeded on --resume from the copy the bucket keeps."""
+    if isinstance(sweep_dir, Path):
+        return sweep_dir
+    local = storage.cache_dir(sweep_dir)
+    local.mkdir(parents=True, exist_ok=True)
+    saved = sweep_dir / "ablation" / OPTUNA_DB
+    if not resume:
+        (local / OPTUNA_DB).unlink(missing_ok=True)
+    elif not (local / OPTUNA_DB).is_file() and saved.is_file():
+        storage.local_copy(saved, local / OPTUNA_DB)
+    return local
+
+
+def finish_sweep(study: Study, uri: str, parent_run_id: str, out: StoragePath,
+                 status: str = "FINISHED", optuna_db: Path | None = None) -> SweepResult:
+    """Ablation table (md, csv, parquet), plots, best trial and Optuna summary onto the parent run and into `out` (a
+    directory or a bucket's prefix)."""
     table, swept, _ = ablation.table_from_mlflow(uri, study.experiment_name, parent_run_id, include_unfinished=False)
-    paths = ablation.write_table(table, out)
-    plots = ablation.plot_metrics(table, swept, out) if table.num_rows else []
-    extra = _optuna_summary(study, out.parent, out)
     best = _best(study, table)
-    client = tracking.mlflow_client(uri)
-    for path in [*paths.values(), *plots, *extra]:
-        client.log_artifact(parent_run_id, str(path), "ablation")
+    with storage.staged(out) as local:
+        paths = ablation.write_table(table, local)
+        plots = ablation.plot_metrics(table, swept, local) if table.num_rows else []
+        extra = _optuna_summary(study, optuna_db, local)
+        if isinstance(out, ObjectPath) and optuna_db is not None and optuna_db.is_file():
+            shutil.copyfile(optuna_db, local / OPTUNA_DB)  # the bucket's copy of the live study (see _optuna_dir)
+        client = tracking.mlflow_client(uri)
+        for path in [*paths.values(), *plots, *extra]:
+            client.log_artifact(parent_run_id, str(path), "ablation")
+        if best is not None:
+            (local / "best.json").write_text(json.dumps(best, indent=2, default=str))
+            client.log_artifact(parent_run_id, str(local / "best.json"), "ablation")
     hardware = sorted({r.data.tags["dbae.hardware"] for r in tracking.child_runs(client, parent_run_id)
                        if "dbae.hardware" in r.data.tags})
     if hardware:  # what the trials' workers ran on, as they recorded it
         client.set_tag(parent_run_id, "dbae.hardware", "; ".join(hardware)[:5000])
     metrics = {}
     if best is not None:
-        (out / "best.json").write_text(json.dumps(best, indent=2, default=str))
-        client.log_artifact(parent_run_id, str(out / "best.json"), "ablation")
         client.set_tag(parent_run_id, "dbae.sweep.best", json.dumps(best["values"], default=str)[:5000])
         metrics[f"best/{best['metric'].removeprefix('eval/')}"] = best["value"]
     tracking.finish_run(uri, parent_run_id, status, metrics=metrics)
     markdown = ablation.to_markdown(table)
-    return SweepResult(study.name, parent_run_id, uri, markdown, {**paths, **{p.stem: p for p in plots}}, best, 0)
+    files = {**paths, **{p.stem: p for p in plots}}
+    return SweepResult(study.name, parent_run_id, uri, markdown, {k: out / p.name for k, p in files.items()}, best, 0)
 
 
 def parse_space_overrides(items: list[str]) -> dict[str, Any]:

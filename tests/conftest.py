@@ -1,5 +1,6 @@
 """Shared test settings: `gpu` tests skip cleanly without CUDA; tests run single-process on CPU."""
 
+import contextlib
 import os
 
 import pytest
@@ -38,3 +39,124 @@ def local_ray():
              log_to_driver=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def s3_bucket():
+    """An S3-compatible server (moto) on 127.0.0.1 with one empty bucket, and this process's environment pointed at it
+    (dummy keys, AWS_ENDPOINT_URL), as a cluster's nodes would have it. Yields (the bucket's URI, that environment);
+    processes started from the test (ray start, dbae) take the environment."""
+    import uuid
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    bucket = f"dbae-test-{uuid.uuid4().hex[:8]}"
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",  # pragma: allowlist secret
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        yield f"s3://{bucket}", {**os.environ}
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _two_ray_nodes(base_env: dict[str, str]):
+    """Two Ray nodes on 127.0.0.1 with token authentication: a head (`ray start --head`) and a second node (`ray start
+    --address`), 1 CPU each and a custom resource each (node_a, node_b), started with `base_env` (what the nodes'
+    processes see, e.g. a bucket's credentials). Yields (ray executable, the environment of a driver on the cluster,
+    the dashboard's URL)."""
+    import secrets
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent))
+    env = {**base_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env.pop("RAY_ADDRESS", None)
+    gcs, dash = _free_port(), _free_port()
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    temp_b = tempfile.mkdtemp(prefix="ray_b_")  # short: Ray's socket paths live under it
+    try:
+        head = subprocess.run([ray_bin, "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+                               f"--dashboard-port={dash}", "--include-dashboard=true", *common,
+                               '--resources={"node_a": 1}'], env=env, capture_output=True, text=True, timeout=180)
+        assert head.returncode == 0, head.stderr[-3000:]
+        # Its own temp dir, as on a second machine: nodes sharing one would share the job's unpacked working
+        # directory, and the second node's runtime-env agent would replace it under the running driver.
+        second = subprocess.run([ray_bin, "start", f"--address=127.0.0.1:{gcs}", *common, f"--temp-dir={temp_b}",
+                                 '--resources={"node_b": 1}'], env=env, capture_output=True, text=True, timeout=180)
+        assert second.returncode == 0, second.stderr[-3000:]
+        yield ray_bin, {**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"}, f"http://127.0.0.1:{dash}"
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp_b, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_nodes():
+    """`with ray_nodes(env) as (ray_bin, driver_env, dashboard_url):` a two-node Ray cluster on this machine."""
+    return _two_ray_nodes
+
+
+def _train_worker_pids() -> list[int]:
+    """The PIDs of this machine's Ray Train worker processes."""
+    from pathlib import Path
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if b"RayTrainWorker" in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.fixture(scope="session")
+def train_worker_pids():
+    """`train_worker_pids()`: the PIDs of this machine's Ray Train worker processes (to kill one)."""
+    return _train_worker_pids
+
+
+def _interrupt_when(cmd: list[str], ready, log_path, timeout_s: float = 300, **popen) -> None:
+    """Run `cmd` (output into `log_path`) until `ready()` holds, then press Ctrl-C (SIGINT) and wait for it to end;
+    fails, with the end of its output, when it exits or the time runs out first."""
+    import signal
+    import subprocess
+    import time
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, **popen)
+        deadline = time.time() + timeout_s
+        while not ready() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        ok = ready()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    assert ok, open(log_path).read()[-3000:]
+
+
+@pytest.fixture(scope="session")
+def interrupt_when():
+    """`interrupt_when(cmd, ready, log_path, cwd=..., env=...)`: Ctrl-C a command once `ready()` holds."""
+    return _interrupt_when

@@ -136,7 +136,9 @@ BY_KIND = {
     "output file": ["adir", "afile/x.md"],
     "output file or directory": ["afile", "afile/x.pt"],
     "output directory or URI": ["afile"],
-    "checkpoint or model URI": ["missing", "adir", "models:/nope/1", "models:/nope/one", "runs:/nothex/model"],
+    "output directory or bucket": ["afile", "afile/sub", "s3://", "ftp://host/runs"],
+    "checkpoint or model URI": ["missing", "adir", "models:/nope/1", "models:/nope/one", "runs:/nothex/model",
+                                "s3://", "ftp://host/checkpoint_1"],
 }
 # Arguments of free text (or checked by the command itself, first thing): their bad values, by (command, dest).
 SETS = ["noequals", "model.latent_dim=abc"]

@@ -55,25 +55,13 @@ def registered(run_dir: Path) -> list[int]:
     return [int(r["metrics"]["step"]) for r in results]
 
 
-def train_worker_pids() -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if b"RayTrainWorker" in (proc / "cmdline").read_bytes():
-                    pids.append(int(proc.name))
-            except OSError:
-                pass
-    return pids
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def test_two_worker_ddp_run_survives_a_killed_worker_and_is_tracked(tmp_path, local_ray):
+def test_two_worker_ddp_run_survives_a_killed_worker_and_is_tracked(tmp_path, local_ray, train_worker_pids):
     """One 2-worker DDP run (gloo): a worker is killed after the first checkpoint; Ray Train restarts the group from
     it, and the run finishes with one clean MLflow history, images, eval metrics and artifacts."""
     from dbae_platform.train import train

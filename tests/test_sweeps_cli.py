@@ -4,14 +4,8 @@ authentication on, sweeping over both nodes into one shared storage path."""
 
 import json
 import os
-import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -47,21 +41,15 @@ def test_every_study_file_has_help():
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
 
 
-def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster, tmp_path):
+def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster, tmp_path, interrupt_when):
     env = ray_cluster[1]  # the sweep connects to the running cluster (RAY_ADDRESS), as under `ray job submit`
     cmd = [sys.executable, "sweeps/latent_dim.py", "--smoke", "--space", "model.latent_dim=[8,16]",
            "--max-concurrent", "1", "--storage-path", str(tmp_path)]
     train = tmp_path / "sweeps" / "latent_dim-smoke" / "train"
     first = train / "latent_dim=8,seed=0" / "result.json"
     second = train / "latent_dim=16,seed=0"
-    log = (tmp_path / "first.log").open("w")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 300
-    while not first.is_file() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-    assert first.is_file(), (tmp_path / "first.log").read_text()[-3000:]
-    proc.send_signal(signal.SIGINT)  # Ctrl-C while the second trial runs (or is about to start)
-    proc.wait(timeout=120)
+    # Ctrl-C while the second trial runs (or is about to start)
+    interrupt_when(cmd, first.is_file, tmp_path / "first.log", cwd=ROOT, env=env)
     done_before = first.stat().st_mtime_ns
     assert not (second / "result.json").is_file()
 
@@ -75,36 +63,11 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_clus
     assert "| 8 | 1 |" in out.stdout and "| 16 | 1 |" in out.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """Two Ray nodes on 127.0.0.1 with token authentication: a head (`ray start --head`) and a second node (`ray start
-    --address`), 1 CPU each and a custom resource each (node_a, node_b), shared by the tests below."""
-    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent))
-    env = {**ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    env.pop("RAY_ADDRESS", None)
-    gcs, dash = _free_port(), _free_port()
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
-    temp_b = tempfile.mkdtemp(prefix="ray_b_")  # short: Ray's socket paths live under it
-    try:
-        head = subprocess.run([ray_bin, "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-                               f"--dashboard-port={dash}", "--include-dashboard=true", *common,
-                               '--resources={"node_a": 1}'], env=env, capture_output=True, text=True, timeout=180)
-        assert head.returncode == 0, head.stderr[-3000:]
-        # Its own temp dir, as on a second machine: nodes sharing one would share the job's unpacked working
-        # directory, and the second node's runtime-env agent would replace it under the running driver.
-        second = subprocess.run([ray_bin, "start", f"--address=127.0.0.1:{gcs}", *common, f"--temp-dir={temp_b}",
-                                 '--resources={"node_b": 1}'], env=env, capture_output=True, text=True, timeout=180)
-        assert second.returncode == 0, second.stderr[-3000:]
-        yield ray_bin, {**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"}, f"http://127.0.0.1:{dash}"
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
-        shutil.rmtree(temp_b, ignore_errors=True)
+def ray_cluster(ray_nodes):
+    """Two Ray nodes on 127.0.0.1 with token authentication (see conftest.ray_nodes), shared by the tests below."""
+    with ray_nodes(ENV) as cluster:
+        yield cluster
 
 
 def _node_resources(ray_bin: str, env: dict) -> dict[str, str]:
