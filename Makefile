@@ -35,11 +35,14 @@ DEMO_FLAGS ?= --name demo --resume --space 'model.latent_dim=[8,32,128]' --set t
 demo: $(STAMP)
 	$(PY) sweeps/latent_dim.py $(DEMO_FLAGS)
 
+# Two pytest-xdist workers; a module stays on one (its Ray cluster fixture is module-scoped). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+TEST_FLAGS   := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest $(TEST_FLAGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest $(TEST_FLAGS) -m "not slow"
 
 # Every benchmark prints a markdown table and writes JSON (device, dtype, batch, torch, command) to benchmarks/results/.
 # CPU defaults; on a GPU machine: make bench BENCH_PRESET=celeba64 BENCH_BATCH=64

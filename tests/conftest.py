@@ -1,4 +1,10 @@
-"""Shared test settings: `gpu` tests skip cleanly without CUDA; tests run single-process on CPU."""
+"""Shared test settings: `gpu` tests skip cleanly without CUDA; the slow modules are handed out first.
+
+`make test` runs the suite on two pytest-xdist workers (`--dist loadfile`: a module's tests, and its module-scoped Ray
+cluster, stay on one worker). So that two workers' Ray clusters never meet, every cluster a test starts is its own:
+a local one is `ray.init(address="local")`, a `ray start` one has its own temp dir (its address file is not the
+machine's default one that a plain `ray.init()` reads) and its own session, whose processes alone its teardown stops.
+"""
 
 import contextlib
 import os
@@ -14,6 +20,10 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 def pytest_collection_modifyitems(config, items):
+    # Slow modules first, so that on two workers the long ones start early and the short ones fill in at the end
+    # (sort is stable: the order within a module stays as written).
+    slow = {item.module.__name__ for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: item.module.__name__ not in slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
@@ -35,8 +45,8 @@ def one_thread():
 def local_ray():
     """A real local Ray cluster for one test module: 2 CPUs, dashboard (Train's state API needs it) on loopback."""
     import ray
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", object_store_memory=256 * 2**20,
-             log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+             object_store_memory=256 * 2**20, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -78,12 +88,45 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# The sessions (setsid) of the `ray start` nodes this process started: their processes, and only theirs, are this
+# process's to stop or to kill (another pytest worker may run a cluster of its own on this machine).
+_CLUSTER_SESSIONS: set[int] = set()
+
+
+def _session_pids(sessions: set[int]) -> list[int]:
+    """The PIDs of the processes in `sessions`."""
+    from pathlib import Path
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[3]) in sessions:
+                    pids.append(int(proc.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return pids
+
+
+def _stop_sessions(sessions: set[int], grace_s: float = 10.0) -> None:
+    """SIGTERM every process of `sessions`, then SIGKILL what is left after `grace_s`: `ray stop` for one cluster
+    (`ray stop` itself stops every Ray process on the machine)."""
+    import signal
+    import time
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        for pid in _session_pids(sessions):
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while _session_pids(sessions) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def _two_ray_nodes(base_env: dict[str, str]):
     """Two Ray nodes on 127.0.0.1 with token authentication: a head (`ray start --head`) and a second node (`ray start
     --address`), 1 CPU each and a custom resource each (node_a, node_b), started with `base_env` (what the nodes'
-    processes see, e.g. a bucket's credentials). Yields (ray executable, the environment of a driver on the cluster,
-    the dashboard's URL)."""
+    processes see, e.g. a bucket's credentials). Each node has its own temp dir and session. Yields (ray executable,
+    the environment of a driver on the cluster, the dashboard's URL)."""
     import secrets
     import shutil
     import subprocess
@@ -96,21 +139,32 @@ def _two_ray_nodes(base_env: dict[str, str]):
     env.pop("RAY_ADDRESS", None)
     gcs, dash = _free_port(), _free_port()
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
-    temp_b = tempfile.mkdtemp(prefix="ray_b_")  # short: Ray's socket paths live under it
+    # Short temp dirs (Ray's socket paths live under them). Their own, as on two machines: nodes sharing one would
+    # share the job's unpacked working directory, and the second node's runtime-env agent would replace it under the
+    # running driver; and the head's address file stays out of /tmp/ray, where a local `ray.init()` would find it.
+    temps = [tempfile.mkdtemp(prefix=f"ray_{n}_") for n in "ab"]
+    sessions: set[int] = set()
+
+    def start(*args: str) -> None:
+        proc = subprocess.Popen([ray_bin, "start", *args, *common, f"--dashboard-agent-listen-port={_free_port()}"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        sessions.add(proc.pid)
+        _CLUSTER_SESSIONS.add(proc.pid)
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, (out + err)[-3000:]
+
     try:
-        head = subprocess.run([ray_bin, "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-                               f"--dashboard-port={dash}", "--include-dashboard=true", *common,
-                               '--resources={"node_a": 1}'], env=env, capture_output=True, text=True, timeout=180)
-        assert head.returncode == 0, head.stderr[-3000:]
-        # Its own temp dir, as on a second machine: nodes sharing one would share the job's unpacked working
-        # directory, and the second node's runtime-env agent would replace it under the running driver.
-        second = subprocess.run([ray_bin, "start", f"--address=127.0.0.1:{gcs}", *common, f"--temp-dir={temp_b}",
-                                 '--resources={"node_b": 1}'], env=env, capture_output=True, text=True, timeout=180)
-        assert second.returncode == 0, second.stderr[-3000:]
+        start("--head", f"--port={gcs}", f"--temp-dir={temps[0]}", "--dashboard-host=127.0.0.1",
+              f"--dashboard-port={dash}", "--include-dashboard=true", f"--ray-client-server-port={_free_port()}",
+              '--resources={"node_a": 1}')
+        start(f"--address=127.0.0.1:{gcs}", f"--temp-dir={temps[1]}", '--resources={"node_b": 1}')
         yield ray_bin, {**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"}, f"http://127.0.0.1:{dash}"
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
-        shutil.rmtree(temp_b, ignore_errors=True)
+        _stop_sessions(sessions)
+        _CLUSTER_SESSIONS.difference_update(sessions)
+        for temp in temps:
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -119,23 +173,38 @@ def ray_nodes():
     return _two_ray_nodes
 
 
+def _ours(pid: int) -> bool:
+    """Whether `pid` belongs to a Ray cluster of this process: a local one (a descendant of this process) or a `ray
+    start` one it started (in one of its sessions)."""
+    from pathlib import Path
+    me = os.getpid()
+    while pid > 1:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        if int(fields[3]) in _CLUSTER_SESSIONS:
+            return True
+        pid = int(fields[1])
+        if pid == me:
+            return True
+    return False
+
+
 def _train_worker_pids() -> list[int]:
-    """The PIDs of this machine's Ray Train worker processes."""
+    """The PIDs of the Ray Train worker processes of this process's Ray clusters."""
     from pathlib import Path
     pids = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if b"RayTrainWorker" in (proc / "cmdline").read_bytes():
+                if b"RayTrainWorker" in (proc / "cmdline").read_bytes() and _ours(int(proc.name)):
                     pids.append(int(proc.name))
-            except OSError:
+            except (OSError, ValueError, IndexError):
                 pass
     return pids
 
 
 @pytest.fixture(scope="session")
 def train_worker_pids():
-    """`train_worker_pids()`: the PIDs of this machine's Ray Train worker processes (to kill one)."""
+    """`train_worker_pids()`: the PIDs of the Ray Train worker processes of this test's clusters (to kill one)."""
     return _train_worker_pids
 
 

@@ -417,8 +417,8 @@ def ray_with_worker_logs():
     import ray
     if os.environ.get("RAY_ADDRESS"):
         pytest.skip("needs a local Ray: RAY_ADDRESS is set")
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", object_store_memory=256 * 2**20,
-             log_to_driver=True)
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+             object_store_memory=256 * 2**20, log_to_driver=True)
     yield
     ray.shutdown()
 
