@@ -1,9 +1,10 @@
-"""Shared test settings: `gpu` tests skip cleanly without CUDA; the slow modules are handed out first.
+"""Shared test settings: `gpu` tests skip cleanly without CUDA.
 
-`make test` runs the suite on two pytest-xdist workers (`--dist loadfile`: a module's tests, and its module-scoped Ray
-cluster, stay on one worker). So that two workers' Ray clusters never meet, every cluster a test starts is its own:
-a local one is `ray.init(address="local")`, a `ray start` one has its own temp dir (its address file is not the
-machine's default one that a plain `ray.init()` reads) and its own session, whose processes alone its teardown stops.
+`make test TEST_WORKERS=2` runs the suite on two pytest-xdist workers (`--dist loadfile`: a module's tests, and its
+module-scoped Ray cluster, stay on one worker). So that two workers' Ray clusters never meet, every cluster a test
+starts is its own: a local one is `ray.init(address="local")`, a `ray start` one has its own temp dir (its address file
+is not the machine's default one that a plain `ray.init()` reads) and its own session, whose processes alone its
+teardown stops.
 """
 
 import contextlib
@@ -20,10 +21,6 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 def pytest_collection_modifyitems(config, items):
-    # Slow modules first, so that on two workers the long ones start early and the short ones fill in at the end
-    # (sort is stable: the order within a module stays as written).
-    slow = {item.module.__name__ for item in items if "slow" in item.keywords}
-    items.sort(key=lambda item: item.module.__name__ not in slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
