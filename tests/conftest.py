@@ -90,18 +90,28 @@ def _free_port() -> int:
 _CLUSTER_SESSIONS: set[int] = set()
 
 
+def _pids(keep) -> list[int]:
+    """The PIDs of this machine's processes for which `keep(pid)` holds (processes that end meanwhile are left out)."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if keep(int(name)):
+                    pids.append(int(name))
+    return pids
+
+
+def _parent_and_session(pid: int) -> tuple[int, int]:
+    """(parent PID, session ID) of a process, from /proc/PID/stat (fields after the command name, which may hold
+    spaces and parentheses)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[1]), int(fields[3])
+
+
 def _session_pids(sessions: set[int]) -> list[int]:
     """The PIDs of the processes in `sessions`."""
-    from pathlib import Path
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[3]) in sessions:
-                    pids.append(int(proc.name))
-            except (OSError, ValueError, IndexError):
-                pass
-    return pids
+    return _pids(lambda pid: _parent_and_session(pid)[1] in sessions)
 
 
 def _stop_sessions(sessions: set[int], grace_s: float = 10.0) -> None:
@@ -173,30 +183,20 @@ def ray_nodes():
 def _ours(pid: int) -> bool:
     """Whether `pid` belongs to a Ray cluster of this process: a local one (a descendant of this process) or a `ray
     start` one it started (in one of its sessions)."""
-    from pathlib import Path
     me = os.getpid()
     while pid > 1:
-        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-        if int(fields[3]) in _CLUSTER_SESSIONS:
-            return True
-        pid = int(fields[1])
-        if pid == me:
+        pid, session = _parent_and_session(pid)
+        if session in _CLUSTER_SESSIONS or pid == me:
             return True
     return False
 
 
 def _train_worker_pids() -> list[int]:
     """The PIDs of the Ray Train worker processes of this process's Ray clusters."""
-    from pathlib import Path
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if b"RayTrainWorker" in (proc / "cmdline").read_bytes() and _ours(int(proc.name)):
-                    pids.append(int(proc.name))
-            except (OSError, ValueError, IndexError):
-                pass
-    return pids
+    def train_worker(pid: int) -> bool:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"RayTrainWorker" in f.read() and _ours(pid)
+    return _pids(train_worker)
 
 
 @pytest.fixture(scope="session")
