@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torchvision.utils import save_image
 
 from dbae_core.data import ShapesDataset
 from dbae_core.metrics import mse, psnr, ssim, to_unit
@@ -52,6 +51,7 @@ def save_grid(path: Path, images: torch.Tensor, recs: torch.Tensor, columns: int
     """Originals on odd rows, their reconstructions below them."""
     n = min(len(images), 4 * columns)
     rows = [t for i in range(0, n, columns) for t in (images[i:i + columns], recs[i:i + columns])]
+    from torchvision.utils import save_image  # deferred: importing torchvision costs about 1.3 s
     save_image(to_unit(torch.cat(rows)), path, nrow=columns, padding=1)
 
 

@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 from dbae_core.latent_prior import default_preset, encode_posterior, fit_prior, prior_preset, save_prior
@@ -147,6 +146,13 @@ def _decode(model: DBAE, z: Tensor, sampling: Sampling, batch_size: int, device:
                           [0].float().cpu() for i in _batches(z, batch_size, desc)])
 
 
+def _save_image(images: Tensor, path: Path, **grid) -> None:
+    """torchvision's image grid, imported here: `import torchvision` loads its models and torch._dynamo (about 1.3 s),
+    which every Ray actor that imports this module (trial, Train controller, Train worker) would pay."""
+    from torchvision.utils import save_image
+    save_image(images, path, **grid)
+
+
 def _reconstruct_inferred(model, x: Tensor, sampling: Sampling, batch_size: int,
                           device: torch.device) -> tuple[Tensor, float]:
     """DiffAE with inferred x_T: z, DDIM inversion over `steps` (the encoding, timed: ms per image), then decoding
@@ -201,14 +207,14 @@ def _recon_suite(model: DBAE, x: Tensor, z: Tensor, out: Path, sampling: Samplin
     cols = 16
     k = min(len(x), GRID)
     rows = [t for i in range(0, k, cols) for t in (x[i:i + cols], recs[i:i + cols])]
-    save_image(to_unit(torch.cat(rows)), out / "reconstructions.png", nrow=min(cols, k), padding=1)
+    _save_image(to_unit(torch.cat(rows)), out / "reconstructions.png", nrow=min(cols, k), padding=1)
     pairs = min(4, len(x) // 2)
     if pairs:
         lam = [i / 7 for i in range(8)]
         with autocast(device, sampling.precision):
             inter = model.interpolate(x[:pairs].to(device), x[pairs:2 * pairs].to(device), lam, generator=gen,
                                       **sampling.kwargs(model)).float().cpu()
-        save_image(to_unit(inter.transpose(0, 1).flatten(0, 1)), out / "interpolations.png", nrow=len(lam), padding=1)
+        _save_image(to_unit(inter.transpose(0, 1).flatten(0, 1)), out / "interpolations.png", nrow=len(lam), padding=1)
     return metrics
 
 
@@ -299,7 +305,7 @@ def _generation_suite(model: DBAE, prior, train: Dataset, train_x: Tensor, m: in
         inception = InceptionFeatures(device=device, batch_size=min(batch_size, 50))
     except InceptionUnavailable as err:
         log.warning("generation suite skipped: %s", err)
-        save_image(to_unit(_decode(model, _sample_prior(priors["eval/"], 16, seed), sampling, batch_size, device,
+        _save_image(to_unit(_decode(model, _sample_prior(priors["eval/"], 16, seed), sampling, batch_size, device,
                                    "sample")), out / "samples.png", nrow=8, padding=1)
         return {}
     real = cached_features(key, lambda: inception(train_x[:m], progress=True), cache_dir)
@@ -307,7 +313,7 @@ def _generation_suite(model: DBAE, prior, train: Dataset, train_x: Tensor, m: in
     for prefix, source in priors.items():
         samples = _decode(model, _sample_prior(source, m, seed), sampling, batch_size, device, f"sample {prefix}")
         name = "samples.png" if prefix == "eval/" else "samples_gaussian.png"
-        save_image(to_unit(samples[:64]), out / name, nrow=8, padding=1)
+        _save_image(to_unit(samples[:64]), out / name, nrow=8, padding=1)
         fake = inception(samples, progress=True)
         precision, recall = precision_recall(real, fake)
         metrics.update({f"{prefix}fid": fid(real, fake), f"{prefix}kid": kid(real, fake)[0],
