@@ -148,7 +148,7 @@ def _decode(model: DBAE, z: Tensor, sampling: Sampling, batch_size: int, device:
 
 def _save_image(images: Tensor, path: Path, **grid) -> None:
     """torchvision's image grid, imported here: `import torchvision` loads its models and torch._dynamo (about 1.3 s),
-    which every Ray actor that imports this module (trial, Train controller, Train worker) would pay."""
+    which the Ray actors that import this module without drawing (a sweep's trial, the Train controller) would pay."""
     from torchvision.utils import save_image
     save_image(images, path, **grid)
 
@@ -306,7 +306,7 @@ def _generation_suite(model: DBAE, prior, train: Dataset, train_x: Tensor, m: in
     except InceptionUnavailable as err:
         log.warning("generation suite skipped: %s", err)
         _save_image(to_unit(_decode(model, _sample_prior(priors["eval/"], 16, seed), sampling, batch_size, device,
-                                   "sample")), out / "samples.png", nrow=8, padding=1)
+                                    "sample")), out / "samples.png", nrow=8, padding=1)
         return {}
     real = cached_features(key, lambda: inception(train_x[:m], progress=True), cache_dir)
     metrics = {}

@@ -295,3 +295,14 @@ def test_sample_z_changes_the_numbers_of_dbae_and_is_an_error_for_dbae_d(tmp_pat
     assert "eval.sample_z=true is invalid: allowed is false with model.method=dbae_d" in str(err.value)
     assert "\n" not in str(err.value)
     assert load_config("tiny", ["eval.sample_z=true", "model.method=dbae"]).eval.sample_z
+
+
+def test_the_trial_and_worker_modules_import_without_torchvision():
+    """A sweep's trial and the Train controller import these modules on every trial; torchvision (its models and
+    torch._dynamo, about 1.3 s) is imported only where an image grid is saved."""
+    import subprocess
+    import sys
+    code = ("import sys, dbae_platform.train, dbae_platform.tune, dbae_platform.evaluate; "
+            "print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip() == "False"
