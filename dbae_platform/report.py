@@ -452,7 +452,7 @@ def _budget(sweep: Sweep) -> str:
 def _parameters(client, sweep: Sweep) -> dict[str, str]:
     """Method -> parameter count in millions, from each trial's config.yaml artifact (the model is rebuilt)."""
     from dbae_platform.config import load_config
-    from dbae_platform.train import build_model
+    from dbae_platform.models import build_model
     out: dict[str, str] = {}
     for run in sweep.children:
         method = run.data.params.get("model.method", "?")

@@ -321,7 +321,8 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], swept: list[str],
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from dbae_platform.train import RESULT_FILE, run_paths, train
+    from dbae_platform.models import RESULT_FILE, run_paths
+    from dbae_platform.train import train
 
     values = {k: _plain_value(config[k]) for k in swept}
     seed = int(config[SEED_KEY])  # a grid over seeds (grid, random) or the seed group's (optuna)
@@ -553,7 +554,7 @@ def run_sweep(study: Study, *, storage_path: str | Path = "runs", resume: bool =
     from ray.tune.schedulers import ASHAScheduler
 
     from dbae_platform import preflight
-    from dbae_platform.train import ray_init
+    from dbae_platform.ray_cluster import ray_init
 
     cfg = base_config(study, smoke, extra_overrides)
     runs_dir = storage.location(storage_path)

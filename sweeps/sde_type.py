@@ -10,7 +10,7 @@ sweeps/entropy_weight.py sweeps it).
 
 import sys
 
-from dbae_platform.sweep_cli import main
+from dbae_platform.cli.sweep import main
 from dbae_platform.tune import Study
 
 STUDY = Study(

@@ -1,5 +1,5 @@
 """`dbae prior`, `generate`, `interpolate` and `manipulate`: the latent prior (second stage, dbae-method.md §5) and the
-pictures of a trained checkpoint (§6, §7). cli.py wires in `add_parsers` and `HANDLERS`.
+pictures of a trained checkpoint (§6, §7). cli/__init__.py wires in `add_parsers` and `HANDLERS`.
 
 Every command takes CHECKPOINT, a checkpoint directory written by `dbae train` (state.pt + config.yaml) or a registered
 model (models:/NAME/VERSION, runs:/RUN_ID/model: dbae_platform.registry), and uses its EMA weights. Latents are
@@ -35,7 +35,7 @@ from dbae_core.latent_prior import (
     save_prior,
 )
 from dbae_platform.argtypes import at_least, checkpoint_ref, directory, output_file, positive, seed
-from dbae_platform.commands import add_registry_flag, checkpoint_files
+from dbae_platform.cli.flags import add_registry_flag
 from dbae_platform.config import Config, ConfigError
 
 __all__ = ["add_parsers", "HANDLERS"]
@@ -162,8 +162,9 @@ def _load_run(args: argparse.Namespace) -> _Run:
     """The EMA model, config and step of CHECKPOINT, on the requested device."""
     from dbae_core.checkpoint import WEIGHTS_KEYS, load_checkpoint
     from dbae_platform.config import load_config
-    from dbae_platform.train import load_model
-    state_path, cfg_path = checkpoint_files(args)
+    from dbae_platform.models import load_model
+    from dbae_platform.registry import checkpoint_files
+    state_path, cfg_path = checkpoint_files(args.checkpoint, args.tracking_uri)
     state = load_checkpoint(state_path, required=WEIGHTS_KEYS)
     cfg = load_config(cfg_path, args.overrides)
     device = _device(args.device)
@@ -174,7 +175,7 @@ def _load_run(args: argparse.Namespace) -> _Run:
 
 
 def _datasets(run: _Run) -> tuple[Dataset, Dataset]:
-    from dbae_platform.train import build_datasets
+    from dbae_platform.models import build_datasets
     return build_datasets(run.cfg)
 
 
