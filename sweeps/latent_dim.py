@@ -9,7 +9,7 @@
 import sys
 
 from dbae_platform.cli.sweep import main
-from dbae_platform.tune import Study
+from dbae_platform.study import Study
 
 STUDY = Study(
     name="latent_dim",

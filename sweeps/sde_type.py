@@ -11,7 +11,7 @@ sweeps/entropy_weight.py sweeps it).
 import sys
 
 from dbae_platform.cli.sweep import main
-from dbae_platform.tune import Study
+from dbae_platform.study import Study
 
 STUDY = Study(
     name="sde_type",

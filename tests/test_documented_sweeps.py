@@ -17,7 +17,7 @@ import pytest
 
 from dbae_platform import cli
 from dbae_platform.cli.sweep import add_study_flags, apply_flags
-from dbae_platform.tune import Study, load_study
+from dbae_platform.study import Study, load_study
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dbae_platform.tune import Asha, Study, run_sweep
+from dbae_platform.study import Asha, Study
+from dbae_platform.sweep import run_sweep
 
 pytestmark = pytest.mark.slow
 LR = {"loguniform": [1e-4, 1e-2]}

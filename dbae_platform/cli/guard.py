@@ -19,8 +19,8 @@ from dbae_core.checkpoint import CheckpointError
 from dbae_core.objectives import ConfigurationError
 from dbae_core.training import NonFiniteLossError
 from dbae_platform.config import ConfigError
+from dbae_platform.sweep import SweepFailed
 from dbae_platform.tracking import IncompleteLogError, TrackingError
-from dbae_platform.tune import SweepFailed
 
 __all__ = ["UsageError", "Parser", "bad_input_message", "guarded"]
 

@@ -14,7 +14,8 @@ import sys
 from dbae_platform.argtypes import directory, existing_file, positive
 from dbae_platform.cli.flags import add_store_flags
 from dbae_platform.storage import default_storage_path, is_object_store
-from dbae_platform.tune import Study, parse_space_overrides, run_sweep
+from dbae_platform.study import Study, parse_space_overrides
+from dbae_platform.sweep import run_sweep
 
 __all__ = ["add_study_flags", "apply_flags", "run_study", "main", "add_sweep", "add_table", "HANDLERS"]
 
@@ -52,7 +53,7 @@ def add_study_flags(p: argparse.ArgumentParser) -> None:
 def apply_flags(study: Study, args: argparse.Namespace) -> Study:
     """The study with the command line's changes (validated again)."""
     from dbae_platform.config import parse_overrides
-    from dbae_platform.tune import Asha, study_from_dict
+    from dbae_platform.study import Asha, study_from_dict
     d = dict(study.__dict__)
     if args.preset:
         d["preset"] = args.preset
@@ -157,7 +158,7 @@ def _check_parent_run(uri: str, run_id: str | None) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from dbae_platform.tune import load_study
+    from dbae_platform.study import load_study
     return run_study(load_study(args.study), args)
 
 
