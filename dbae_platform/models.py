@@ -15,7 +15,7 @@ from dbae_platform.config import Config, ConfigError
 from dbae_platform.storage import StoragePath
 
 __all__ = ["STATE_FILE", "RESULT_FILE", "EVAL_DIR", "build_model", "weights_state", "load_model", "build_datasets",
-           "run_paths", "dry_run"]
+           "run_paths", "parameter_counts", "dry_run"]
 
 STATE_FILE = "state.pt"
 RESULT_FILE = "result.json"
@@ -71,9 +71,14 @@ def run_paths(cfg: Config) -> tuple[StoragePath, StoragePath]:
     return runs_dir, runs_dir / cfg.name
 
 
+def parameter_counts(cfg: Config) -> dict[str, int]:
+    """The model's parameter counts per part and in total, built on the meta device (no memory, no initialisation)."""
+    with torch.device("meta"):
+        return build_model(cfg).parameter_counts()
+
+
 def dry_run(cfg: Config) -> str:
     """The resolved config as YAML and the parameter counts per part (built on the meta device: no memory)."""
-    with torch.device("meta"):
-        counts = build_model(cfg).parameter_counts()
+    counts = parameter_counts(cfg)
     parts = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items() if k != "total")
     return f"{cfg.to_yaml()}\nparameters: total {counts['total'] / 1e6:.2f}M ({counts['total']:,}), {parts}"

@@ -161,9 +161,9 @@ def _budget(sweep: Sweep) -> str:
 
 
 def _parameters(client, sweep: Sweep) -> dict[str, str]:
-    """Method -> parameter count in millions, from each trial's config.yaml artifact (the model is rebuilt)."""
+    """Method -> parameter count in millions, from each trial's config.yaml artifact (counted on the meta device)."""
     from dbae_platform.config import load_config
-    from dbae_platform.models import build_model
+    from dbae_platform.models import parameter_counts
     out: dict[str, str] = {}
     for run in sweep.children:
         method = run.data.params.get("model.method", "?")
@@ -173,7 +173,7 @@ def _parameters(client, sweep: Sweep) -> dict[str, str]:
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 cfg = load_config(Path(client.download_artifacts(run.info.run_id, "config.yaml", tmp)))
-            out[label] = f"{build_model(cfg).parameter_counts()['total'] / 1e6:.2f}M"
+            out[label] = f"{parameter_counts(cfg)['total'] / 1e6:.2f}M"
         except Exception as err:  # noqa: BLE001 - a run without its config loses only this count
             log.warning("parameter count of run %s unavailable: %s", run.info.run_id, err)
     return out
