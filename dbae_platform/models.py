@@ -14,12 +14,19 @@ from dbae_platform import storage
 from dbae_platform.config import Config, ConfigError
 from dbae_platform.storage import StoragePath
 
-__all__ = ["STATE_FILE", "RESULT_FILE", "EVAL_DIR", "build_model", "weights_state", "load_model", "build_datasets",
-           "run_paths", "parameter_counts", "dry_run"]
+__all__ = ["STATE_FILE", "RESULT_FILE", "EVAL_DIR", "pick_device", "build_model", "weights_state", "load_model",
+           "build_datasets", "run_paths", "parameter_counts", "dry_run"]
 
 STATE_FILE = "state.pt"
 RESULT_FILE = "result.json"
 EVAL_DIR = "eval"  # in the final checkpoint: the evaluation's image grids
+
+
+def pick_device(name: str) -> torch.device:
+    """The device a command's --device asks for: "cpu", "cuda" (an error without one) or "auto" (CUDA when visible)."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is visible: use --device cpu")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
 
 
 def build_model(cfg: Config) -> torch.nn.Module:

@@ -27,7 +27,6 @@ from dbae_core.metrics import mse, to_unit
 from dbae_core.training import NonFiniteLossError, fit
 from dbae_platform import ray_cluster, storage, tracking
 from dbae_platform.config import RESUMABLE_KEYS, Config, ConfigError, config_diff, flatten, load_config
-from dbae_platform.evaluate import Sampling
 from dbae_platform.models import (
     EVAL_DIR,
     RESULT_FILE,
@@ -38,6 +37,7 @@ from dbae_platform.models import (
     weights_state,
 )
 from dbae_platform.run_status import RunStatus
+from dbae_platform.sampling import GaussianPrior, Sampling
 from dbae_platform.storage import StoragePath, node_label, require_shared_storage
 
 __all__ = ["train", "TrainResult", "train_loop_per_worker", "worker_threads"]
@@ -98,7 +98,7 @@ def _image_logger(cfg: Config, test: Dataset, device: torch.device, logger: trac
         z = ema.encode(x)
         recon = ema.decode(z, generator=gen.manual_seed(cfg.train.seed), **sampling(cfg).kwargs(ema))[0]
         # Samples from a Gaussian fitted to these latents (the learned latent prior is a second training stage).
-        z_s = z.mean(0) + z.std(0) * torch.randn(z.shape, generator=gen.manual_seed(cfg.train.seed), device=device)
+        z_s = GaussianPrior(z).sample(len(z), gen.manual_seed(cfg.train.seed))
         samples = ema.decode(z_s, generator=gen, **sampling(cfg).kwargs(ema))[0]
         logger.log_image(_grid(torch.cat([x, recon]), nrow=n), "reconstructions", step)
         logger.log_image(_grid(samples, nrow=n), "samples", step)

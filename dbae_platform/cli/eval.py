@@ -33,12 +33,11 @@ def add_eval(sub) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import torch
 
     from dbae_core.checkpoint import WEIGHTS_KEYS, load_checkpoint
     from dbae_platform.config import SUITES, ConfigError, load_config
     from dbae_platform.evaluate import evaluate, format_table, write_metrics_json
-    from dbae_platform.models import build_datasets, load_model
+    from dbae_platform.models import build_datasets, load_model, pick_device
     from dbae_platform.registry import checkpoint_files
     state_path, cfg_path = checkpoint_files(args.checkpoint, args.tracking_uri)
     state = load_checkpoint(state_path, required=WEIGHTS_KEYS)
@@ -47,9 +46,7 @@ def _eval(args: argparse.Namespace) -> int:
     bad = [s for s in suites if s not in SUITES]
     if bad:
         raise ConfigError(f"--suite {bad[0]!r} is unknown: use a comma-separated list from {','.join(SUITES)}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is visible: use --device cpu")
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = pick_device(args.device)
     model = load_model(state).to(device)
     train, test = build_datasets(cfg)
     out = args.out or state_path.parent / "eval"

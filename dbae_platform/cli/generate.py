@@ -152,22 +152,16 @@ class _Run:
         return getattr(self.model, "kind", "dbae") == "diffae"
 
 
-def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is visible: use --device cpu")
-    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
-
-
 def _load_run(args: argparse.Namespace) -> _Run:
     """The EMA model, config and step of CHECKPOINT, on the requested device."""
     from dbae_core.checkpoint import WEIGHTS_KEYS, load_checkpoint
     from dbae_platform.config import load_config
-    from dbae_platform.models import load_model
+    from dbae_platform.models import load_model, pick_device
     from dbae_platform.registry import checkpoint_files
     state_path, cfg_path = checkpoint_files(args.checkpoint, args.tracking_uri)
     state = load_checkpoint(state_path, required=WEIGHTS_KEYS)
     cfg = load_config(cfg_path, args.overrides)
-    device = _device(args.device)
+    device = pick_device(args.device)
     model = load_model(state).to(device)
     log.info("%s model (%.2fM parameters) at step %d from %s", getattr(model, "kind", "dbae"),
              model.parameter_counts()["total"] / 1e6, int(state["step"]), state_path)
@@ -312,7 +306,7 @@ def _sample_latents(args: argparse.Namespace, run: _Run, prior: LatentPrior | No
                     generator: torch.Generator) -> Tensor:
     """n latents from the learned prior or, when it is None (--gaussian), a Gaussian fitted to encoded latents."""
     if prior is None:
-        from dbae_platform.evaluate import GaussianPrior
+        from dbae_platform.sampling import GaussianPrior
         x, _ = _take(_datasets(run)[0], GAUSSIAN_IMAGES, args.seed, run.cfg.eval.batch_size)
         log.info("z ~ Gaussian fitted to %d encoded training latents", len(x))
         return GaussianPrior(_encode(run, x)).sample(args.n, torch.Generator().manual_seed(args.seed))
