@@ -75,7 +75,7 @@ def test_prior_trains_saves_and_is_not_retrained(make_checkpoint, capsys, caplog
     assert (state["step"], state["checkpoint_step"], state["train_latents"]) == (3, 4, 64)
 
     mtime = path.stat().st_mtime_ns
-    caplog.set_level("INFO", logger="dbae_platform.cli.generate")
+    caplog.set_level("INFO", logger="dbae_platform.generation")
     assert dbae("prior", ckpt, "--steps", 3) == 0
     assert "nothing to do" in caplog.text and path.stat().st_mtime_ns == mtime
     assert dbae("prior", ckpt, "--steps", 5) == 0  # more steps: fit_prior cannot resume, so it retrains
