@@ -1,4 +1,5 @@
-"""The command line every study shares: `python sweeps/<study>.py [flags]` and `dbae sweep STUDY.yaml [flags]`.
+"""The command line every study shares: `python sweeps/<study>.py [flags]` and `dbae sweep STUDY.yaml [flags]`; and
+`dbae table`, a sweep's ablation table rebuilt from MLflow.
 
 Local by default (an embedded Ray cluster and the sqlite MLflow store under --storage-path); under
 `ray job submit` (RAY_ADDRESS set) the sweep runs on that cluster. It ends by printing the ablation table and the
