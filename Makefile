@@ -103,7 +103,7 @@ data:
 UI_RUNS ?= runs
 ui-check: $(STAMP)
 	@command -v chromium >/dev/null || { echo "ui-check needs chromium: apt-get install chromium"; exit 2; }
-	$(PY) -m dbae_platform.ui_check --runs-dir $(UI_RUNS) --out build/ui-check
+	$(PY) -m dbae_platform.cli.ui_check --runs-dir $(UI_RUNS) --out build/ui-check
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -32,8 +32,8 @@ def load(checkpoint: Path, n: int, seed: int, device: torch.device):
     """The EMA model and n held-out images of the checkpoint's test split."""
     from dbae_core.checkpoint import load_checkpoint
     from dbae_platform.config import load_config
+    from dbae_platform.models import build_datasets, load_model
     from dbae_platform.registry import resolve_checkpoint
-    from dbae_platform.train import build_datasets, load_model
     state_path, cfg_path = resolve_checkpoint(checkpoint)
     if cfg_path is None:
         raise FileNotFoundError(f"no config.yaml beside {state_path}: pass a checkpoint directory written by "

@@ -27,7 +27,7 @@ log = logging.getLogger("benchmarks.platform_overhead")
 
 def bare(cfg, run_dir: Path) -> tuple[float, float]:
     from dbae_core.training import fit
-    from dbae_platform.train import build_datasets, build_model
+    from dbae_platform.models import build_datasets, build_model
     train, _ = build_datasets(cfg)
     torch.manual_seed(cfg.train.seed)
     t0 = time.perf_counter()

@@ -22,6 +22,7 @@ from dbae_core.model import DBAEConfig
 from dbae_core.networks import DecoderConfig, EncoderConfig, UNetConfig
 from dbae_core.samplers import METHODS as METHODS_ODE
 from dbae_core.training import TrainConfig
+from dbae_platform.errors import ConfigError
 from dbae_platform.storage import default_storage_path
 
 __all__ = ["ConfigError", "Config", "DataConfig", "ModelConfig", "ObjectiveConfig", "EvalConfig", "TrackingConfig",
@@ -38,10 +39,6 @@ RESUMABLE_KEYS = ("train.steps", "train.lr", "train.log_every", "train.ckpt_ever
                   "tracking.", "resources.", "train.precision", "train.channels_last", "train.compile",
                   "train.fused_optimizer", "train.foreach_ema", "train.attention", "train.activation_checkpointing",
                   "train.reference")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value, reported in one line: key, value and what is allowed."""
 
 
 @dataclass(frozen=True)

@@ -57,8 +57,9 @@ from dbae_core.metrics import (
 from dbae_core.model import DBAE
 from dbae_core.networks import Posterior
 from dbae_core.training import autocast
+from dbae_platform.sampling import GaussianPrior, Sampling
 
-__all__ = ["Sampling", "PriorBudget", "SUITES", "CPU_GENERATION_IMAGES", "evaluate", "format_table",
+__all__ = ["PriorBudget", "SUITES", "CPU_GENERATION_IMAGES", "evaluate", "format_table",
            "write_metrics_json"]
 
 log = logging.getLogger(__name__)
@@ -67,16 +68,6 @@ SUITES = ("recon", "probe", "disentangle", "generation")
 CPU_GENERATION_IMAGES = 250  # Inception runs at ~5 images/s on 2 CPU cores
 GPU_GENERATION_IMAGES = 10_000
 GRID = 32  # images per grid
-
-
-class GaussianPrior:
-    """z ~ N(μ, diag σ²) with μ, σ the per-dimension mean and std of encoded training latents."""
-
-    def __init__(self, z: Tensor) -> None:
-        self.mean, self.std = z.mean(0), z.std(0)
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return self.mean + self.std * torch.randn(n, len(self.mean), generator=generator)
 
 
 def _collect(dataset: Dataset, n: int, seed: int, batch_size: int) -> tuple[Tensor, list[Tensor], list[int]]:
@@ -121,22 +112,6 @@ def _encode(model: DBAE, images: Tensor, batch_size: int, device: torch.device, 
                        for i in _batches(images, batch_size, "encode")])
     sync()
     return z, 1000 * (time.perf_counter() - t0) / max(len(images), 1)
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How evaluation decodes: the reverse-bridge sampler, its steps and churn (DBAE; DiffAE decodes with DDIM over
-    `steps`), and the networks' autocast precision ("auto": bf16 on CUDA, fp32 on the CPU)."""
-
-    steps: int = 20
-    method: str = "euler"
-    churn: float = 0.0
-    precision: str = "auto"
-
-    def kwargs(self, model) -> dict:
-        if getattr(model, "kind", "dbae") == "diffae":
-            return {"steps": self.steps}
-        return {"steps": self.steps, "method": self.method, "churn": self.churn}
 
 
 def _decode(model: DBAE, z: Tensor, sampling: Sampling, batch_size: int, device: torch.device, desc: str,

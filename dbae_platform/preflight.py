@@ -22,8 +22,8 @@ from torch.utils.data import Dataset, IterableDataset
 from dbae_core.checkpoint import REQUIRED_KEYS, CheckpointError
 from dbae_platform.argtypes import blocking_file
 from dbae_platform.config import Config, ConfigError, load_config
+from dbae_platform.models import STATE_FILE
 from dbae_platform.storage import ObjectPath, StoragePath, location
-from dbae_platform.train import STATE_FILE
 
 __all__ = ["check_run", "check_sweep", "check_directories", "check_data", "check_data_on_nodes",
            "newest_loadable_checkpoint", "resume_state"]
@@ -37,7 +37,7 @@ NODE_TIMEOUT_S = 120.0
 def check_run(cfg: Config) -> None:
     """Before one training run starts (`dbae train`, a sweep's trial): directories, data, newest loadable checkpoint;
     on a cluster, the data on the worker nodes too. Raises ConfigError / CheckpointError (one line)."""
-    from dbae_platform.train import run_paths
+    from dbae_platform.models import run_paths
     runs_dir, run_dir = run_paths(cfg)
     check_directories(runs_dir, run_dir, fix="set tracking.runs_dir to a directory, or --set name=NEW")
     check_data(cfg)
@@ -116,7 +116,7 @@ def _check_first_image(cfg: Config, split: str, dataset: Dataset) -> None:
 
 def check_data(cfg: Config) -> None:
     """The dataset of `cfg` exists and its first train and test images read at data.size (ConfigError otherwise)."""
-    from dbae_platform.train import build_datasets
+    from dbae_platform.models import build_datasets
     try:
         train, test = build_datasets(cfg)
     except ConfigError as err:
@@ -165,8 +165,8 @@ def check_data_on_nodes(cfg: Config, include_driver_node: bool = False, timeout_
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from dbae_platform.ray_cluster import ray_init
     from dbae_platform.storage import node_label
-    from dbae_platform.train import ray_init
     ray_init()
     here = ray.get_runtime_context().get_node_id()
     nodes = [n for n in ray.nodes() if n["Alive"] and _can_host_worker(n, cfg)

@@ -31,7 +31,7 @@ class DBAEModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         from dbae_core.checkpoint import WEIGHTS_KEYS, load_checkpoint
-        from dbae_platform.train import load_model
+        from dbae_platform.models import load_model
         state = load_checkpoint(Path(context.artifacts["checkpoint"]) / "state.pt", required=WEIGHTS_KEYS)
         self.model = load_model(state)
 

@@ -29,10 +29,10 @@ from typing import Any
 
 from dbae_platform.argtypes import MODEL_URIS
 from dbae_platform.config import ConfigError
-from dbae_platform.storage import is_object_store, local_copy, location
+from dbae_platform.storage import is_object_store, local_copy, local_runs_dir, location
 
-__all__ = ["MODEL_NAME", "Registered", "is_model_uri", "is_run_id", "resolve_checkpoint", "fetch", "package",
-           "register", "best_trial_run"]
+__all__ = ["MODEL_NAME", "Registered", "is_model_uri", "is_run_id", "resolve_checkpoint", "checkpoint_files", "fetch",
+           "package", "register", "best_trial_run"]
 
 log = logging.getLogger("dbae")
 
@@ -88,6 +88,22 @@ def resolve_checkpoint(ref: str | Path, tracking_uri: str | None = None,
                                 "train (it holds state.pt and config.yaml) or models:/NAME/VERSION")
     cfg = path.parent / "config.yaml"
     return path, cfg if cfg.is_file() else None
+
+
+def checkpoint_files(checkpoint: str | Path, tracking_uri: str | None) -> tuple[Path, Path]:
+    """(state file, config.yaml) of a command's CHECKPOINT: a path, or a models:/ or runs:/ URI from `tracking_uri`
+    (default: the embedded store under the runs directory)."""
+    from dbae_platform.tracking import check_reachable, store_uri
+    uri = tracking_uri
+    if uri is not None:  # a bad flag is bad input, whether or not CHECKPOINT needs it
+        check_reachable(uri)
+    elif is_model_uri(checkpoint):  # the store a URI comes from must exist
+        uri = store_uri(None, Path(local_runs_dir()))
+    state_path, cfg_path = resolve_checkpoint(checkpoint, uri)
+    if cfg_path is None:
+        raise FileNotFoundError(f"no config.yaml beside {state_path}: the run's dataset is unknown; pass a checkpoint "
+                                "directory written by dbae train")
+    return state_path, cfg_path
 
 
 def _download_checkpoint(remote) -> Path:
@@ -173,13 +189,13 @@ def package(state: dict[str, Any], config_yaml: Path, source_dir: Path | None, o
     checkpoint directory (`source_dir`), if it has them."""
     import torch
 
-    from dbae_platform.train import weights_state
+    from dbae_platform.models import weights_state
     pkg = out / PACKAGE
     pkg.mkdir(parents=True)
     torch.save(weights_state(state), pkg / "state.pt")
     shutil.copyfile(config_yaml, pkg / "config.yaml")
     if source_dir is not None:
-        from dbae_platform.train import EVAL_DIR
+        from dbae_platform.models import EVAL_DIR
         priors = [p for p in (source_dir / "prior.pt", source_dir / EVAL_DIR / "prior.pt") if p.is_file()]
         if priors:
             shutil.copyfile(priors[0], pkg / "prior.pt")
@@ -191,7 +207,7 @@ def package(state: dict[str, Any], config_yaml: Path, source_dir: Path | None, o
 def _run_of_checkpoint(state_path, tracking_uri: str) -> str | None:
     """The MLflow run that wrote a checkpoint under runs/NAME/checkpoint_* (a local path or a bucket's), when it was
     logged to this store."""
-    from dbae_platform.train import RESULT_FILE
+    from dbae_platform.models import RESULT_FILE
     for result in (state_path.parent.parent / RESULT_FILE, state_path.parent / RESULT_FILE):
         if _reachable_file(result):
             record = json.loads(result.read_text())
@@ -205,7 +221,7 @@ def _from_run(client, run_id: str, tmp: Path) -> tuple[Path, Path, Path | None]:
     machine sees it (prior and metrics included), else the EMA weights and config logged to the run."""
     from mlflow.exceptions import MlflowException
 
-    from dbae_platform.train import RESULT_FILE
+    from dbae_platform.models import RESULT_FILE
     try:
         run = client.get_run(run_id)
     except MlflowException:

@@ -300,7 +300,7 @@ def require_shared_storage(path: StoragePath) -> None:
     """
     import ray
 
-    from dbae_platform.config import ConfigError
+    from dbae_platform.errors import ConfigError
 
     if sum(1 for n in ray.nodes() if n["Alive"]) <= 1:
         return

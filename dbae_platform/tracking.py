@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrackingError", "IncompleteLogError", "resolve_uri", "check_reachable", "open_run", "finish_run",
-           "system_monitor", "ui_url", "run_urls", "mark_training_experiment", "EXPERIMENT_KIND",
+__all__ = ["TrackingError", "IncompleteLogError", "resolve_uri", "check_reachable", "store_uri", "open_run",
+           "finish_run", "system_monitor", "ui_url", "run_urls", "mark_training_experiment", "EXPERIMENT_KIND",
            "MetricLogger", "git_commit", "command_line", "hardware", "describe_workers", "PARAM_LIMIT",
            "mlflow_client", "child_runs", "configure_retries", "missing_from_run"]
 
@@ -84,6 +84,17 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         _check_sqlite_path(uri, Path(uri.removeprefix("sqlite:///")))
     else:
         _check_store(uri)
+
+
+def store_uri(tracking_uri: str | None, runs_dir: Path) -> str:
+    """The tracking URI of a command that reads an existing store (--tracking-uri / $MLFLOW_TRACKING_URI /
+    --runs-dir); a missing or unusable store is bad input."""
+    uri = resolve_uri(tracking_uri, None, runs_dir.expanduser().resolve())
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise FileNotFoundError(f"no MLflow store at {uri.removeprefix('sqlite:///')}: pass --runs-dir or "
+                                "--tracking-uri of the sweeps")
+    check_reachable(uri)
+    return uri
 
 
 def _check_sqlite_path(uri: str, db: Path) -> None:

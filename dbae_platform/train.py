@@ -19,26 +19,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
-from dbae_core.autoencoders import config_from_dict, model_from_config
 from dbae_core.checkpoint import load_checkpoint
-from dbae_core.data import make_dataset
 from dbae_core.data.transforms import to_uint8
 from dbae_core.metrics import mse, to_unit
 from dbae_core.training import NonFiniteLossError, fit
-from dbae_platform import storage, tracking
+from dbae_platform import ray_cluster, storage, tracking
 from dbae_platform.config import RESUMABLE_KEYS, Config, ConfigError, config_diff, flatten, load_config
-from dbae_platform.evaluate import Sampling
+from dbae_platform.models import (
+    EVAL_DIR,
+    RESULT_FILE,
+    STATE_FILE,
+    build_datasets,
+    build_model,
+    run_paths,
+    weights_state,
+)
 from dbae_platform.run_status import RunStatus
+from dbae_platform.sampling import GaussianPrior, Sampling
 from dbae_platform.storage import StoragePath, node_label, require_shared_storage
 
-__all__ = ["train", "TrainResult", "build_model", "build_datasets", "dry_run", "run_paths", "load_model"]
+__all__ = ["train", "TrainResult", "train_loop_per_worker", "worker_threads"]
 
 log = logging.getLogger(__name__)
-STATE_FILE = "state.pt"
-RESULT_FILE = "result.json"
-EVAL_DIR = "eval"  # in the final checkpoint: the evaluation's image grids
 
 
 @dataclass(frozen=True)
@@ -49,64 +53,6 @@ class TrainResult:
     step: int
     checkpoint: StoragePath | None
     metrics: dict[str, float]
-
-
-# -- pieces shared by the driver, the workers and `dbae eval` ---------------------------------------
-def build_model(cfg: Config) -> torch.nn.Module:
-    """The autoencoder that `model.method` selects (DBAE, DBAE-d or DiffAE), with the sizes of `cfg`."""
-    return model_from_config(cfg.model_config())
-
-
-def weights_state(state: dict[str, Any]) -> dict[str, Any]:
-    """What a model needs of a training state to be rebuilt with its EMA weights (load_model): `ema.pt` of a run, and
-    the `state.pt` of a registered model (dbae_platform.registry)."""
-    return {k: state[k] for k in ("ema", "step", "model_kind", "model_config") if k in state}
-
-
-def load_model(state: dict[str, Any], ema: bool = True) -> torch.nn.Module:
-    """A model rebuilt from a checkpoint's recorded config, with its EMA (default) or raw weights."""
-    kind = state.get("model_kind", "dbae")
-    if kind not in ("dbae", "diffae"):
-        raise ConfigError(f"checkpoint holds a {kind!r} model, which this version cannot load")
-    model = model_from_config(config_from_dict(state["model_config"], kind))
-    model.load_state_dict(state["ema" if ema else "model"])
-    return model.eval()
-
-
-def build_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
-    """(train, test) datasets of `cfg.data`; train limited to data.train_images, flipped when data.flip."""
-    d = cfg.data
-    train_opts: dict[str, Any] = {}
-    if d.dataset == "shapes":
-        train_opts = {"length": d.train_images, "seed": cfg.train.seed}
-    if d.dataset == "parquet":  # streamed; shards split per rank and per loader worker inside the dataset
-        train_opts = {"shuffle": True, "seed": cfg.train.seed, "drop_last": True}
-    if d.flip:
-        train_opts["flip"] = True
-    try:
-        train = make_dataset(d.dataset, "train", d.size, d.root, **train_opts)
-        test = make_dataset(d.dataset, "test", d.size, d.root,
-                            **({"seed": cfg.train.seed} if d.dataset == "shapes" else {}))
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"data: {err}") from None
-    if d.train_images is not None and d.dataset not in ("shapes", "parquet") and d.train_images < len(train):
-        train = Subset(train, range(d.train_images))
-    return train, test
-
-
-def run_paths(cfg: Config) -> tuple[StoragePath, StoragePath]:
-    """(runs directory, this run's directory): Ray Train's storage_path and storage_path/name, each a local Path or,
-    for an s3:// or gs:// runs directory, an ObjectPath."""
-    runs_dir = storage.location(cfg.tracking.runs_dir)
-    return runs_dir, runs_dir / cfg.name
-
-
-def dry_run(cfg: Config) -> str:
-    """The resolved config as YAML and the parameter counts per part (built on the meta device: no memory)."""
-    with torch.device("meta"):
-        counts = build_model(cfg).parameter_counts()
-    parts = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items() if k != "total")
-    return f"{cfg.to_yaml()}\nparameters: total {counts['total'] / 1e6:.2f}M ({counts['total']:,}), {parts}"
 
 
 # -- the worker ---------------------------------------------------------------------------------------
@@ -152,7 +98,7 @@ def _image_logger(cfg: Config, test: Dataset, device: torch.device, logger: trac
         z = ema.encode(x)
         recon = ema.decode(z, generator=gen.manual_seed(cfg.train.seed), **sampling(cfg).kwargs(ema))[0]
         # Samples from a Gaussian fitted to these latents (the learned latent prior is a second training stage).
-        z_s = z.mean(0) + z.std(0) * torch.randn(z.shape, generator=gen.manual_seed(cfg.train.seed), device=device)
+        z_s = GaussianPrior(z).sample(len(z), gen.manual_seed(cfg.train.seed))
         samples = ema.decode(z_s, generator=gen, **sampling(cfg).kwargs(ema))[0]
         logger.log_image(_grid(torch.cat([x, recon]), nrow=n), "reconstructions", step)
         logger.log_image(_grid(samples, nrow=n), "samples", step)
@@ -360,19 +306,6 @@ def _check_resumable(cfg: Config, run_dir: StoragePath) -> None:
                           f"rerun with the old value to resume, or pass --set name=NEW for a new run")
 
 
-def ray_init() -> None:
-    """Connect to the cluster at $RAY_ADDRESS, else start a local one (once per process)."""
-    import ray
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        log.info("connecting to the Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=True)
-    else:  # embedded default: a local cluster; its dashboard (Ray Train's state API needs it) listens on loopback only
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
-
-
 def _mark(uri: str, run_id: str, status: str) -> None:
     """End the MLflow run with `status`; a store that stays down (MLflow retried already) costs one log line."""
     try:
@@ -466,7 +399,7 @@ def train(cfg: Config, tracking_uri: str | None = None, parent_run_id: str | Non
     preflight.check_run(cfg)  # data, directories, newest loadable checkpoint: one line before Ray starts
     uri = tracking.resolve_uri(tracking_uri, cfg.tracking.uri, runs_dir)
     tracking.check_reachable(uri)
-    ray_init()
+    ray_cluster.ray_init()
     if check_storage:
         require_shared_storage(runs_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The MLflow UI as a user lands on it, checked in a real headless browser (Debian's `chromium`).
 
-    python -m dbae_platform.ui_check --runs-dir runs --out build/ui-check
+    python -m dbae_platform.cli.ui_check --runs-dir runs --out build/ui-check
 
 Serves the embedded store of `--runs-dir` with `dbae ui` on a free loopback port, then opens the newest sweep's pages
 in headless Chromium and writes a screenshot of each: the experiment's runs table (`runs_table.png`), the parent
@@ -12,7 +12,6 @@ nest under it), the ablation page shows the table with the swept key and the ima
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -133,37 +132,3 @@ def check(runs_dir: Path, out: Path, browser: str) -> list[Path]:
     if missing:
         raise UICheckError("; ".join(missing))
     return written
-
-
-def run(args: argparse.Namespace) -> int:
-    from dbae_platform.config import ConfigError
-    if not (args.runs_dir / "mlflow.db").is_file():
-        raise ConfigError(f"no MLflow store at {args.runs_dir / 'mlflow.db'}: run a sweep first (make demo) or pass "
-                          "--runs-dir")
-    browser = find_browser()
-    if browser is None:
-        raise ConfigError("no Chromium found: install Debian's chromium (apt-get install chromium)")
-    try:
-        paths = check(args.runs_dir, args.out, browser)
-    except LookupError as err:
-        raise ConfigError(str(err)) from None
-    except UICheckError as err:  # the UI served, but a page lacks what it should show: a failed check, exit 1
-        sys.stderr.write(f"ui check failed: {err} (screenshots in {args.out})\n")
-        return 1
-    sys.stdout.write("".join(f"{p}\n" for p in paths))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from dbae_platform.argtypes import directory
-    from dbae_platform.cli import Parser, guarded
-
-    p = Parser(prog="python -m dbae_platform.ui_check", description=__doc__,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="runs directory holding mlflow.db")
-    p.add_argument("--out", type=directory, default=Path("build/ui-check"), help="where the screenshots go")
-    return guarded(run, p, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,8 +7,8 @@
 
 import sys
 
-from dbae_platform.sweep_cli import main
-from dbae_platform.tune import Study
+from dbae_platform.cli.sweep import main
+from dbae_platform.study import Study
 
 STUDY = Study(
     name="entropy_weight",

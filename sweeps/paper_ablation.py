@@ -8,8 +8,8 @@ Every method trains the release's objective (entropy weight 0: the term exists o
 
 import sys
 
-from dbae_platform.sweep_cli import main
-from dbae_platform.tune import Study
+from dbae_platform.cli.sweep import main
+from dbae_platform.study import Study
 
 STUDY = Study(
     name="paper_ablation",

@@ -10,8 +10,8 @@ sweeps/entropy_weight.py sweeps it).
 
 import sys
 
-from dbae_platform.sweep_cli import main
-from dbae_platform.tune import Study
+from dbae_platform.cli.sweep import main
+from dbae_platform.study import Study
 
 STUDY = Study(
     name="sde_type",

@@ -16,9 +16,10 @@ import torch
 
 from dbae_core.checkpoint import CheckpointError
 from dbae_core.latent_prior import LatentPrior, prior_preset, save_prior
-from dbae_platform import cli, preflight, sweep_cli
+from dbae_platform import cli, preflight
+from dbae_platform.cli import sweep as sweep_cli
 from dbae_platform.config import ConfigError, load_config
-from dbae_platform.train import build_model
+from dbae_platform.models import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"data.size": 16, "data.train_images": 64, "model.latent_dim": 8, "model.unet.base_channels": 8,
@@ -94,9 +95,9 @@ def guarded_env(workdir, monkeypatch):
     monkeypatch.setenv("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # run_sweep sets it; restored after the test
     import ray
     monkeypatch.setattr(ray, "init", _start)
-    monkeypatch.setattr("dbae_platform.train.ray_init", _start)
+    monkeypatch.setattr("dbae_platform.ray_cluster.ray_init", _start)
     monkeypatch.setattr("dbae_platform.demo.run_demo", _start)
-    monkeypatch.setattr("dbae_platform.commands.subprocess.call", _start)
+    monkeypatch.setattr("dbae_platform.cli.ui.subprocess.call", _start)
     return workdir
 
 

@@ -80,7 +80,7 @@ def test_eval_benchmark_times_each_suite(tmp_path):
 def test_nfe_quality_reports_each_sampler_against_euler_100(tmp_path):
     from dbae_core.training import fit
     from dbae_platform.config import load_config
-    from dbae_platform.train import build_datasets, build_model
+    from dbae_platform.models import build_datasets, build_model
     cfg = load_config("tiny", ["data.size=16", "data.train_images=64", "model.unet.attention_resolutions=[4]",
                                "model.encoder.attention_resolutions=[4]", "train.steps=2", "train.batch_size=4",
                                "train.progress=false"])

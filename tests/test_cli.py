@@ -53,7 +53,7 @@ def test_ui_lists_the_runs_tables_of_the_store_and_tags_them_as_training(tmp_pat
     experiments of an older store gain the tag that makes the UI open them on the runs table."""
     from mlflow import MlflowClient
 
-    from dbae_platform.commands import _browsable, _print_experiments
+    from dbae_platform.cli.ui import _browsable, _print_experiments
     from dbae_platform.tracking import EXPERIMENT_KIND, ui_url
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -263,8 +263,8 @@ def test_kuberay_shared_claim_is_read_write_many():
 
 
 def test_rayjob_runs_the_latent_dim_sweep_on_the_gpu_workers():
+    from dbae_platform.cli.sweep import add_study_flags
     from dbae_platform.config import load_config
-    from dbae_platform.sweep_cli import add_study_flags
 
     job = next(d for d in _kuberay_docs() if d["kind"] == "RayJob")["spec"]
     assert job["submissionMode"] == "K8sJobMode" and job["shutdownAfterJobFinishes"] is True

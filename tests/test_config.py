@@ -132,7 +132,7 @@ def test_dry_run_prints_config_and_parameter_counts(capsys):
 def test_dry_run_of_diffae_counts_the_model_it_would_train(capsys):
     """The DiffAE baseline builds its DDIM schedule on the CPU, so the meta-device dry run works for it too."""
     from dbae_platform.config import load_config
-    from dbae_platform.train import build_model
+    from dbae_platform.models import build_model
     assert main(["train", "tiny", "--dry-run", "--set", "model.method=diffae"]) == 0
     total = sum(p.numel() for p in build_model(load_config("tiny", {"model.method": "diffae"})).parameters())
     assert f"({total:,})" in capsys.readouterr().out

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dbae_core.data import ParquetShards, ShapesDataset, dataset_channels, make_dataset, write_shards
-from dbae_platform import cli_data
+from dbae_platform.cli import data as cli_data
 
 N = 25
 

@@ -282,7 +282,7 @@ def test_the_platform_switch_trains_loads_and_evaluates_diffae(tmp_path):
     from dbae_core.data import ShapesDataset
     from dbae_platform.config import load_config
     from dbae_platform.evaluate import evaluate
-    from dbae_platform.train import build_model, load_model
+    from dbae_platform.models import build_model, load_model
     cfg = load_config("tiny", {"model.method": "diffae", "model.latent_dim": 16})
     model = build_model(cfg)
     assert isinstance(model, DiffAE) and model.cfg.latent_dim == 16 and not model.cfg.encoder.stochastic

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from dbae_platform import cli
-from dbae_platform.sweep_cli import add_study_flags, apply_flags
-from dbae_platform.tune import Study, load_study
+from dbae_platform.cli.sweep import add_study_flags, apply_flags
+from dbae_platform.study import Study, load_study
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,7 +110,7 @@ def test_documented_sweep_command_runs(local_ray, tmp_path, capsys, where, argv)
     if argv[0] == "dbae":
         rc = cli.main(["sweep", argv[2], *full])
     else:
-        from dbae_platform.sweep_cli import main
+        from dbae_platform.cli.sweep import main
         rc = main(study, full)
     out, err = capsys.readouterr()
     assert rc == 0, f"{where}: {' '.join(argv)}\n{err[-3000:]}"

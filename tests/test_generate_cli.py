@@ -13,10 +13,9 @@ import torch
 from PIL import Image
 
 from dbae_core.latent_prior import LatentPrior, load_prior, save_prior
-from dbae_platform import generate
-from dbae_platform.cli import Parser, guarded
+from dbae_platform.cli import Parser, generate, guarded
 from dbae_platform.config import ConfigError, load_config
-from dbae_platform.train import build_model
+from dbae_platform.models import build_model
 
 SIZE, PAD = 16, 2  # image side and the grid padding of dbae_core.editing.image_grid
 SMALL = {"data.size": SIZE, "data.train_images": 64, "model.latent_dim": 8, "model.unet.base_channels": 8,
@@ -76,7 +75,7 @@ def test_prior_trains_saves_and_is_not_retrained(make_checkpoint, capsys, caplog
     assert (state["step"], state["checkpoint_step"], state["train_latents"]) == (3, 4, 64)
 
     mtime = path.stat().st_mtime_ns
-    caplog.set_level("INFO", logger="dbae_platform.generate")
+    caplog.set_level("INFO", logger="dbae_platform.generation")
     assert dbae("prior", ckpt, "--steps", 3) == 0
     assert "nothing to do" in caplog.text and path.stat().st_mtime_ns == mtime
     assert dbae("prior", ckpt, "--steps", 5) == 0  # more steps: fit_prior cannot resume, so it retrains

@@ -68,7 +68,7 @@ def test_object_path_writes_reads_lists_and_copies(s3_bucket, tmp_path):
 
 def test_a_sweep_in_a_bucket_keeps_its_optuna_study_in_the_cache_and_resumes_from_the_bucket_copy(
         s3_bucket, tmp_path, monkeypatch):
-    from dbae_platform.tune import OPTUNA_DB, _optuna_dir
+    from dbae_platform.sweep import OPTUNA_DB, _optuna_dir
     bucket, _ = s3_bucket
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     sweep = storage.location(f"{bucket}/optuna/sweeps/s")

@@ -135,7 +135,7 @@ def test_ddp_step_equals_one_worker_with_the_global_batch(tmp_path, local_ray):
     Adam's first step is ≈ lr·sign(g): a wrong shard or noise slice flips signs and moves weights by ~2·lr = 2e-2;
     all-reduce summation order moves them by < 1% of lr.
     """
-    from dbae_platform.train import build_model
+    from dbae_platform.models import build_model
     two = _one_step(tmp_path, "two", workers=2, batch=4)
     one = _one_step(tmp_path, "one", workers=1, batch=8)
     worst = max((two[k].float() - one[k].float()).abs().max().item() for k in one)

@@ -17,7 +17,7 @@ from PIL import Image
 from dbae_platform import registry
 from dbae_platform.cli import main
 from dbae_platform.config import load_config
-from dbae_platform.train import build_model
+from dbae_platform.models import build_model
 
 SMALL = {"data.size": 16, "data.train_images": 64, "model.latent_dim": 8, "model.unet.base_channels": 8,
          "model.unet.channel_mult": [1, 2], "model.unet.attention_resolutions": [], "model.unet.head_channels": 8,

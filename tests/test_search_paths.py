@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dbae_platform.tune import Asha, Study, run_sweep
+from dbae_platform.study import Asha, Study
+from dbae_platform.sweep import run_sweep
 
 pytestmark = pytest.mark.slow
 LR = {"loguniform": [1e-4, 1e-2]}
@@ -127,7 +128,7 @@ def test_asha_with_optuna(local_ray, tmp_path):
 def test_a_failed_trial_is_one_line_naming_it_and_its_log(local_ray, tmp_path, capsys, caplog):
     """A diverging trial fails the sweep with exit code 1 and one line: the trial, its error, the file with the full
     traceback; Ray's traceback stays off the terminal. The table of the trials that finished is still written."""
-    from dbae_platform.sweep_cli import main
+    from dbae_platform.cli.sweep import main
     study = Study(name="fails", space={"model.latent_dim": [8]})
     capsys.readouterr()
     rc = main(study, ["--smoke", "--set", "train.lr=1e30", "--storage-path", str(tmp_path)])

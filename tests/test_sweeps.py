@@ -12,7 +12,8 @@ from test_search_paths import check_seed_groups
 
 from dbae_platform import cli
 from dbae_platform.config import ConfigError
-from dbae_platform.tune import Asha, Study, load_study, run_sweep, study_from_dict, trial_name
+from dbae_platform.study import Asha, Study, load_study, study_from_dict
+from dbae_platform.sweep import run_sweep, trial_name
 
 pytestmark = pytest.mark.slow
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -127,7 +128,7 @@ def test_study_yaml_and_validation(tmp_path):
         with pytest.raises(ConfigError, match=message):
             study_from_dict(d)
     # every grid point is validated before anything starts
-    from dbae_platform.tune import base_config
+    from dbae_platform.study import base_config
     with pytest.raises(ConfigError, match="latent_dim=0"):
         base_config(Study(name="x", space={"model.latent_dim": [8, 0]}))
     with pytest.raises(ConfigError, match="entropy_weight"):
@@ -160,7 +161,8 @@ def test_concurrency_from_the_resources_present_warns_on_a_cluster(monkeypatch, 
     with the fix; --max-concurrent silences it. (Ray's resource query is replaced: no cluster here.)"""
     import ray
 
-    from dbae_platform.tune import _max_concurrent, base_config
+    from dbae_platform.study import base_config
+    from dbae_platform.sweep import _max_concurrent
     study = Study(name="x", preset="shapes32", space={"model.latent_dim": [8]})
     cfg = base_config(study)  # shapes32: 1 worker with 6 CPUs + 1 GPU
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})  # a CPU head, no GPU worker yet

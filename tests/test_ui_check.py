@@ -7,7 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from dbae_platform import tracking, ui_check
+from dbae_platform import tracking
+from dbae_platform.cli import ui_check
 
 needs_browser = pytest.mark.skipif(ui_check.find_browser() is None, reason="needs chromium (apt-get install chromium)")
 
@@ -69,11 +70,11 @@ def test_a_missing_browser_is_named(monkeypatch, tmp_path, capsys):
 
 
 def test_the_documented_module_command_names_a_missing_store(tmp_path):
-    """`python -m dbae_platform.ui_check --runs-dir runs --out build/ui-check` (README, module docstring) as a user
+    """`python -m dbae_platform.cli.ui_check --runs-dir runs --out build/ui-check` (README, module docstring) as a user
     runs it before any sweep: one line naming the fix, exit 2, no traceback."""
     import subprocess
     import sys
-    proc = subprocess.run([sys.executable, "-m", "dbae_platform.ui_check", "--runs-dir", "runs", "--out",
+    proc = subprocess.run([sys.executable, "-m", "dbae_platform.cli.ui_check", "--runs-dir", "runs", "--out",
                            "build/ui-check"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "no MLflow store" in proc.stderr and "make demo" in proc.stderr and "Traceback" not in proc.stderr

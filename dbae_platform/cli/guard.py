@@ -1,9 +1,10 @@
-"""The `dbae` command line: train, eval, register, sweep, table, report, ui, prior, generate, interpolate, manipulate,
-data, demo.
+"""Running a command: `Parser` (argparse that raises UsageError instead of printing its usage) and `guarded`, which
+parses, sets up logging, runs the command and maps what it raises to an exit code and one line: 0 on success, 2 on
+bad input (one line, no traceback), 1 when a run fails (training diverges, a sweep's trials fail).
 
-Exit 0 on success, 2 on bad input (one line, no traceback), 1 when training diverges. Bad input includes what a
-library reports about it: MLflow errors, OS errors on the paths given, unreadable checkpoints, and configuration
-errors that Ray wraps on their way back from a worker. DBAE_DEBUG=1 prints the traceback as well.
+Bad input includes what a library reports about it: MLflow errors, OS errors on the paths given, unreadable
+checkpoints, and configuration errors that Ray wraps on their way back from a worker. DBAE_DEBUG=1 prints the
+traceback as well.
 """
 
 from __future__ import annotations
@@ -13,18 +14,15 @@ import logging
 import os
 import sys
 import traceback
-from pathlib import Path
 
 from dbae_core.checkpoint import CheckpointError
 from dbae_core.objectives import ConfigurationError
 from dbae_core.training import NonFiniteLossError
-from dbae_platform import commands, generate
-from dbae_platform.argtypes import directory, positive, seed
 from dbae_platform.config import ConfigError
-from dbae_platform.tracking import IncompleteLogError
-from dbae_platform.tune import SweepFailed
+from dbae_platform.sweep import SweepFailed
+from dbae_platform.tracking import IncompleteLogError, TrackingError
 
-log = logging.getLogger("dbae")
+__all__ = ["UsageError", "Parser", "bad_input_message", "guarded"]
 
 
 class UsageError(Exception):
@@ -36,59 +34,11 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="dbae", description="Diffusion Bridge AutoEncoders: train, evaluate, sweep, generate.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    demo = sub.add_parser("demo", help="train the tiny preset on built-in shapes data and print reconstruction metrics",
-                          description="Train the tiny preset on the built-in shapes data (CPU: a few minutes) and "
-                                      "print reconstruction metrics. Rerun to resume.")
-    demo.add_argument("--run-dir", type=directory, default=Path("runs/demo"),
-                      help="checkpoints go here (default runs/demo)")
-    demo.add_argument("--steps", type=positive(int), default=500, help="optimizer steps (default 500)")
-    demo.add_argument("--batch-size", type=positive(int), default=16)
-    demo.add_argument("--eval-images", type=positive(int), default=64)
-    demo.add_argument("--sampler-steps", type=positive(int), default=20, help="Euler ODE steps for reconstruction")
-    demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    demo.add_argument("--seed", type=seed, default=0)
-    commands.add_train(sub)
-    commands.add_eval(sub)
-    commands.add_register(sub)
-    commands.add_ui(sub)
-    commands.add_sweep(sub)
-    commands.add_table(sub)
-    commands.add_report(sub)
-    generate.add_parsers(sub)
-    from dbae_platform import cli_data
-    cli_data.add_parser(sub)
-    return parser
-
-
-def _dispatch(args: argparse.Namespace) -> int:
-    if args.command in commands.HANDLERS:
-        return commands.HANDLERS[args.command](args) or 0
-    if args.command in generate.HANDLERS:
-        return generate.HANDLERS[args.command](args) or 0
-    if args.command == "data":
-        from dbae_platform import cli_data
-        cli_data.run(args)
-    elif args.command == "demo":
-        from dbae_platform.demo import DemoConfig, run_demo
-        if args.device == "cuda":
-            import torch
-            if not torch.cuda.is_available():
-                raise UsageError("--device cuda was asked for but no CUDA device is visible: use --device cpu")
-        run_demo(DemoConfig(run_dir=args.run_dir, steps=args.steps, batch_size=args.batch_size,
-                            eval_images=args.eval_images, sampler_steps=args.sampler_steps, device=args.device,
-                            seed=args.seed))
-    return 0
-
-
 # Raised by the command itself (or by a library on a path or value the user gave): bad input.
 _BAD_INPUT = (UsageError, ConfigurationError, CheckpointError, ValueError, OSError, LookupError,
-              commands.TrackingError)
+              TrackingError)
 # Found inside another error (Ray's wrappers of a worker's exception): bad input only when it is one of ours.
-_WRAPPED_BAD_INPUT = (UsageError, ConfigError, ConfigurationError, CheckpointError, commands.TrackingError)
+_WRAPPED_BAD_INPUT = (UsageError, ConfigError, ConfigurationError, CheckpointError, TrackingError)
 
 
 def _wrapped(err: BaseException) -> list[BaseException]:
@@ -178,11 +128,3 @@ def guarded(run, parser: argparse.ArgumentParser, argv: list[str] | None = None)
             traceback.print_exc()
         sys.stderr.write(f"{prog}: error: {message}\n")
         return 2
-
-
-def main(argv: list[str] | None = None) -> int:
-    return guarded(_dispatch, build_parser(), argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -106,3 +106,6 @@ def run(args: argparse.Namespace) -> None:
         prepare(args)
     else:
         raise ValueError(f"unknown data command {args.data_command!r}: use prepare")
+
+
+HANDLERS = {"data": run}

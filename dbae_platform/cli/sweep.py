@@ -1,4 +1,5 @@
-"""The command line every study shares: `python sweeps/<study>.py [flags]` and `dbae sweep STUDY.yaml [flags]`.
+"""The command line every study shares: `python sweeps/<study>.py [flags]` and `dbae sweep STUDY.yaml [flags]`; and
+`dbae table`, a sweep's ablation table rebuilt from MLflow.
 
 Local by default (an embedded Ray cluster and the sqlite MLflow store under --storage-path); under
 `ray job submit` (RAY_ADDRESS set) the sweep runs on that cluster. It ends by printing the ablation table and the
@@ -11,11 +12,13 @@ import argparse
 import logging
 import sys
 
-from dbae_platform.argtypes import positive
+from dbae_platform.argtypes import directory, existing_file, positive
+from dbae_platform.cli.flags import add_store_flags
 from dbae_platform.storage import default_storage_path, is_object_store
-from dbae_platform.tune import Study, parse_space_overrides, run_sweep
+from dbae_platform.study import Study, parse_space_overrides
+from dbae_platform.sweep import run_sweep
 
-__all__ = ["add_study_flags", "apply_flags", "run_study", "main"]
+__all__ = ["add_study_flags", "apply_flags", "run_study", "main", "add_sweep", "add_table", "HANDLERS"]
 
 log = logging.getLogger("dbae")
 
@@ -51,7 +54,7 @@ def add_study_flags(p: argparse.ArgumentParser) -> None:
 def apply_flags(study: Study, args: argparse.Namespace) -> Study:
     """The study with the command line's changes (validated again)."""
     from dbae_platform.config import parse_overrides
-    from dbae_platform.tune import Asha, study_from_dict
+    from dbae_platform.study import Asha, study_from_dict
     d = dict(study.__dict__)
     if args.preset:
         d["preset"] = args.preset
@@ -112,9 +115,75 @@ def run_study(study: Study, args: argparse.Namespace) -> int:
 
 def main(study: Study, argv: list[str] | None = None) -> int:
     """Entry point of a study file: parse the flags, run the sweep, exit 0 / 2 (bad input) / 1 (failure)."""
-    from dbae_platform.cli import Parser, guarded
+    from dbae_platform.cli.guard import Parser, guarded
     parser = Parser(prog=f"python sweeps/{study.name}.py",
                     description=f"{study.description or study.name} Search: {study.search} over "
                                 f"{', '.join(f'{k} {v}' for k, v in study.space.items())} on preset {study.preset}.")
     add_study_flags(parser)
     return guarded(lambda args: run_study(study, args), parser, argv)
+
+
+def add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="run a study defined in YAML (Ray Tune + Optuna, MLflow parent/child runs)",
+                       description="Run the study in STUDY.yaml (keys: name, preset, space, search, metric, mode, "
+                                   "num_samples, seeds, overrides, asha, max_concurrent_trials; see sweeps/*.yaml). "
+                                   "Ends with the ablation table.")
+    p.add_argument("study", metavar="STUDY.yaml", type=existing_file)
+    add_study_flags(p)
+
+
+def add_table(sub) -> None:
+    p = sub.add_parser("table", help="print a sweep's ablation table, rebuilt from MLflow (also while it runs)",
+                       description="Rebuild the ablation table of the newest sweep in EXPERIMENT (e.g. "
+                                   "sweep/latent_dim) from its MLflow child runs and print it; unfinished trials "
+                                   "count with the metrics they have so far.")
+    p.add_argument("experiment", metavar="EXPERIMENT")
+    p.add_argument("--parent-run", metavar="RUN_ID", help="a given sweep's parent run (default: the newest)")
+    add_store_flags(p)
+    p.add_argument("--format", choices=("md", "csv"), default="md")
+    p.add_argument("--out", type=directory, help="also write ablation.md/.csv/.parquet and the plots here")
+
+
+def _check_parent_run(uri: str, run_id: str | None) -> None:
+    """--parent-run names a run in the store (one line otherwise, not MLflow's traceback)."""
+    if run_id is None:
+        return
+    from mlflow.exceptions import MlflowException
+
+    from dbae_platform.tracking import mlflow_client
+    try:
+        mlflow_client(uri).get_run(run_id)
+    except MlflowException:
+        raise LookupError(f"--parent-run {run_id} is not a run in the MLflow store {uri}: pass a sweep's parent run "
+                          "id (see the MLflow UI), or leave it out for the newest sweep") from None
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from dbae_platform.study import load_study
+    return run_study(load_study(args.study), args)
+
+
+def _table(args: argparse.Namespace) -> int:
+    from dbae_platform import ablation
+    from dbae_platform.tracking import store_uri
+    uri = store_uri(args.tracking_uri, args.runs_dir)
+    _check_parent_run(uri, args.parent_run)
+    table, swept, parent = ablation.table_from_mlflow(uri, args.experiment, args.parent_run, include_unfinished=True)
+    if args.format == "csv":
+        import io
+
+        import pyarrow.csv
+        buf = io.BytesIO()
+        pyarrow.csv.write_csv(table, buf)
+        sys.stdout.write(buf.getvalue().decode())
+    else:
+        sys.stdout.write(f"sweep {parent.data.tags.get('dbae.sweep.name', '?')} (parent run {parent.info.run_id}, "
+                         f"{parent.info.status}):\n\n{ablation.to_markdown(table)}\n")
+    if args.out is not None:
+        paths = ablation.write_table(table, args.out)
+        plots = ablation.plot_metrics(table, swept, args.out) if table.num_rows else []
+        log.info("wrote %s", ", ".join(str(p) for p in [*paths.values(), *plots]))
+    return 0
+
+
+HANDLERS = {"sweep": _sweep, "table": _table}

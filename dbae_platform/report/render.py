@@ -1,50 +1,28 @@
-"""`dbae report`: the results document of the paper-claims study (docs/results.md and its PNG plots), from MLflow.
-
-Every number in the document is read from the MLflow store: the newest parent run of each `sweep/*` experiment and
-its child runs (smoke sweeps are skipped). What a sweep is follows from its swept keys: `model.method` alone is the
-paper's method comparison (DBAE, DBAE-d, DiffAE with inferred and with random x_T, dbae-method.md §7), one per
-dataset; `model.latent_dim`, `objective.entropy_weight` and `objective.sde` are the three ablations; anything else
-is shown as its plain ablation table. The method comparison is checked against the directions of the paper's claims
-(dbae-method.md §8): each claim, the paper's numbers, ours, the difference and whether the sign agrees. Commands,
-hardware, commits and the training budget come from the runs' tags, params and start/end times.
-"""
+"""The results document: the method comparison with the claims' verdicts, the ablation tables and their plots, the
+budget and provenance of every sweep, written as markdown beside its PNG pictures."""
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import math
 import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from dbae_platform import ablation
 from dbae_platform.evaluate import CPU_GENERATION_IMAGES
+from dbae_platform.report.claims import DIFFAE, NOISE_SE, Verdict, check_claims
+from dbae_platform.report.collect import GAUSSIAN, KINDS, LABELS, Stat, Sweep, collect, format_number
 
-__all__ = ["Sweep", "Claim", "CLAIMS", "collect", "method_rows", "check_claims", "render", "write_report"]
+__all__ = ["plot_ablation", "plot_methods", "render", "write_report"]
 
 log = logging.getLogger(__name__)
 
-# (method, variant of the ablation table) -> the row label of the method comparison
-LABELS = {("dbae", "default"): "DBAE", ("dbae_d", "default"): "DBAE-d",
-          ("diffae", "default"): "DiffAE, inferred x_T", ("diffae", "random_xT"): "DiffAE, random x_T"}
-# the generation suite's baseline (`eval/gaussian/*`): z from a Gaussian fitted to the training latents instead of the
-# latent DDPM prior behind the plain `eval/fid` etc. (dbae-method.md §5)
-GAUSSIAN = {("dbae", "gaussian"): "DBAE, Gaussian latent", ("dbae_d", "gaussian"): "DBAE-d, Gaussian latent",
-            ("diffae", "gaussian"): "DiffAE, Gaussian latent"}
-# A difference a − b is told from seed noise when |a − b| > NOISE_SE standard errors of the difference,
-# SE = sqrt(s_a²/n_a + s_b²/n_b) with the seeds' sample standard deviations s (about a 95 % two-sided test).
-NOISE_SE = 2.0
-# metrics of the latent alone (identical for both DiffAE rows; they sit on the inferred-x_T row of the table)
-DIFFAE = "DiffAE, inferred x_T"
 NAMES = {"recon_mse": "MSE", "psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "encode_ms": "encode ms/img",
          "probe_ap": "probe AP (attributes)", "probe_class_ap": "probe AP (classes)", "probe_acc": "probe acc",
          "mig": "MIG", "dci": "DCI", "tad": "TAD", "attrs": "ATTRS", "fid": "FID", "kid": "KID",
@@ -54,7 +32,6 @@ REPRESENTATION = ("probe_ap", "probe_class_ap", "probe_acc", "mig", "dci", "tad"
 GENERATION = ("fid", "kid", "precision", "recall")
 ABLATION_METRICS = ("recon_mse", "psnr", "ssim", "probe_ap", "probe_class_ap", "mig", "dci", "tad", "attrs", "fid")
 PLOT_METRICS = ("recon_mse", "ssim", "probe_ap", "probe_class_ap", "mig", "tad")
-KINDS = {"model.latent_dim": "latent_dim", "objective.entropy_weight": "entropy_weight", "objective.sde": "sde"}
 EXPECTATIONS = {
     "latent_dim": ("Latent dimension d (DBAE-d)",
                    "z is the only path from x0 to the decoder (§1), so a wider z should reconstruct better; the paper "
@@ -69,132 +46,6 @@ EXPECTATIONS = {
 }
 
 
-@dataclass
-class Sweep:
-    """One sweep as read from MLflow: its parent run, trials, swept keys and what the report makes of it."""
-
-    experiment: str
-    name: str
-    parent: Any  # mlflow Run
-    children: list[Any]  # mlflow Runs
-    trials: list[ablation.Trial]
-    swept: list[str]
-    kind: str = "other"
-    dataset: str = "?"
-    borrowed: list[tuple[Any, str]] = field(default_factory=list)  # (run, sweep name): see share_reference_trials
-
-    @functools.cached_property
-    def rows(self) -> dict[str, dict[str, Stat]]:
-        """The method comparison's rows (`method_rows`), built once."""
-        return method_rows(self)
-
-    @property
-    def command(self) -> str:
-        return self.parent.data.tags.get("dbae.command", "")
-
-    def param(self, key: str) -> str | None:
-        for run in self.children:
-            if key in run.data.params:
-                return run.data.params[key]
-        return self.parent.data.params.get(f"fixed.{key}")
-
-
-def _kind(swept: Sequence[str]) -> str:
-    if list(swept) == ["model.method"]:
-        return "methods"
-    return next((kind for key, kind in KINDS.items() if key in swept), "other")
-
-
-def collect(client, include_smoke: bool = False) -> list[Sweep]:
-    """The newest sweep of every `sweep/*` experiment in the store, ordered by the parent runs' start times."""
-    sweeps = []
-    for exp in client.search_experiments():
-        if not exp.name.startswith("sweep/") or (exp.name.endswith("-smoke") and not include_smoke):
-            continue
-        try:
-            parent = ablation.find_sweep(client, exp.name)
-        except LookupError:
-            continue
-        trials, swept = ablation.trials_from_mlflow(client, parent.info.run_id)
-        ids = {t.run_id for t in trials}
-        children = [client.get_run(i) for i in ids]
-        sweep = Sweep(exp.name, parent.data.tags.get("dbae.sweep.name", exp.name), parent, children, trials, swept,
-                      _kind(swept))
-        sweep.dataset = sweep.param("data.dataset") or "?"
-        sweeps.append(sweep)
-    share_reference_trials(sweeps)
-    return sorted(sweeps, key=lambda s: s.parent.info.start_time)
-
-
-# Config keys that name, file or place a run without changing what it computes
-BOOKKEEPING = ("name", "tracking.", "resources.cpus_per_worker", "resources.max_failures")
-
-
-def _same_run(a: dict[str, str], b: dict[str, str], swept: Sequence[str]) -> bool:
-    """Two runs' params describe the same training and evaluation, except for the `swept` keys."""
-    return all(a.get(k) == b.get(k) for k in (set(a) | set(b)) - set(swept) if not k.startswith(BOOKKEEPING))
-
-
-def share_reference_trials(sweeps: Sequence[Sweep]) -> None:
-    """Add to each ablation the finished trials of a method comparison that are runs of it: the same config, seed,
-    budget and data but for the ablation's swept keys, at a value the ablation did not run itself. `make results`
-    runs an ablation's reference point (d = 64, entropy weight 0) once, in the comparison, and the ablation's table
-    and plot include it (listed in `Sweep.borrowed`)."""
-    methods = [s for s in sweeps if s.kind == "methods"]
-    for sweep in (s for s in sweeps if s.kind != "methods" and s.children):
-        reference = sweep.children[0].data.params
-        have = {json.dumps(t.values, sort_keys=True, default=str) for t in sweep.trials}
-        for source in methods:
-            for run in source.children:
-                params = run.data.params
-                if run.info.status != "FINISHED" or not _same_run(reference, params, sweep.swept):
-                    continue
-                values = {k: ablation.parse_param(params.get(k)) for k in sweep.swept}
-                key = json.dumps(values, sort_keys=True, default=str)
-                if key in have:
-                    continue
-                have.add(key)
-                sweep.trials.append(ablation.Trial(run.info.run_id, run.info.run_name or run.info.run_id, values,
-                                                   int(params.get("train.seed", -1)), dict(run.data.metrics),
-                                                   run.info.status))
-                sweep.children.append(run)
-                sweep.borrowed.append((run, source.name))
-
-
-# ---------------------------------------------------------------------------------------------- method comparison
-
-
-@dataclass
-class Stat:
-    mean: float
-    std: float
-    n: int
-
-    def text(self, digits: int = 4) -> str:
-        if self.mean is None or not math.isfinite(self.mean):
-            return "n/a"
-        s = _num(self.mean, digits)
-        return s if not math.isfinite(self.std) else f"{s} ± {_num(self.std, 2)}"
-
-
-def _num(v: float, digits: int = 4) -> str:
-    return f"{v:.{digits}g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.{digits - 1}e}"
-
-
-def method_rows(sweep: Sweep) -> dict[str, dict[str, Stat]]:
-    """Label -> metric -> mean ± std over seeds, from a method comparison's ablation table."""
-    table = ablation.build_table(sweep.trials, sweep.swept)
-    rows: dict[str, dict[str, Stat]] = {}
-    for row in table.to_pylist():
-        key = (row["model.method"], row.get("variant") or ablation.DEFAULT_VARIANT)
-        label = LABELS.get(key) or GAUSSIAN.get(key)
-        if label is None:
-            continue
-        rows[label] = {m.removesuffix("_mean"): Stat(row[m], row[m.removesuffix("_mean") + "_std"], row["n"])
-                       for m in row if m.endswith("_mean") and row[m] is not None and math.isfinite(row[m])}
-    return rows
-
-
 def _markdown(rows: dict[str, dict[str, Stat]], labels: Sequence[str], metrics: Sequence[str]) -> str | None:
     labels = [lb for lb in labels if lb in rows]
     metrics = [m for m in metrics if any(m in rows[lb] for lb in labels)]
@@ -207,146 +58,6 @@ def _markdown(rows: dict[str, dict[str, Stat]], labels: Sequence[str], metrics: 
         lines.append(f"| {lb} | {n} | " + " | ".join(rows[lb][m].text() if m in rows[lb] else "n/a"
                                                       for m in metrics) + " |")
     return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A claim of the paper as a direction: row `a` is better than row `b` on `metric` (higher or lower)."""
-
-    text: str
-    metric: str
-    better: str  # "higher" | "lower"
-    a: str
-    b: str
-    paper: str  # the paper's numbers (dbae-method.md §8)
-    paper_a: float | None = None
-    paper_b: float | None = None
-    ties_agree: bool = False  # "at least" claims and counts: equal values agree
-
-
-CLAIMS = (
-    Claim("DBAE-d reconstructs better than DBAE (SSIM)", "ssim", "higher", "DBAE-d", "DBAE", "0.953 vs 0.920",
-          0.953, 0.920),
-    Claim("DBAE-d reconstructs better than DBAE (MSE)", "recon_mse", "lower", "DBAE-d", "DBAE", "2.49e-3 vs 4.81e-3",
-          2.49e-3, 4.81e-3),
-    Claim("DBAE beats DiffAE with random x_T at equal latent size (SSIM)", "ssim", "higher", "DBAE",
-          "DiffAE, random x_T", "0.920 vs 0.677", 0.920, 0.677),
-    Claim("DBAE beats DiffAE with random x_T at equal latent size (MSE)", "recon_mse", "lower", "DBAE",
-          "DiffAE, random x_T", "4.81e-3 vs 7e-3", 4.81e-3, 7e-3),
-    Claim("DBAE-d beats DiffAE with random x_T at equal latent size (SSIM)", "ssim", "higher", "DBAE-d",
-          "DiffAE, random x_T", "0.953 vs 0.677", 0.953, 0.677),
-    Claim("DBAE-d beats DiffAE with random x_T at equal latent size (MSE)", "recon_mse", "lower", "DBAE-d",
-          "DiffAE, random x_T", "2.49e-3 vs 7e-3", 2.49e-3, 7e-3),
-    Claim("DiffAE with inferred x_T (latent d + C·H·W wide) reconstructs best (SSIM, vs DBAE-d)", "ssim", "higher",
-          "DiffAE, inferred x_T", "DBAE-d", "0.991 vs 0.953", 0.991, 0.953),
-    Claim("DBAE's latent is more linearly predictive than DiffAE's (probe AP: attributes, or classes)", "probe",
-          "higher", "DBAE", DIFFAE, "0.655 vs 0.603 (CelebA)", 0.655, 0.603),
-    Claim("DBAE-d's latent is more linearly predictive than DiffAE's (probe AP: attributes, or classes)", "probe",
-          "higher", "DBAE-d", DIFFAE, "0.650 vs 0.603 (CelebA)", 0.650, 0.603),
-    Claim("DBAE's probe AP is at least DBAE-d's", "probe", "higher", "DBAE", "DBAE-d", "0.655 vs 0.650 (CelebA)",
-          0.655, 0.650, ties_agree=True),
-    Claim("DBAE is more disentangled than DiffAE (TAD, higher is better)", "tad", "higher", "DBAE", DIFFAE,
-          "direction only: the summary's 0.124 vs 0.155 contradicts it and is unverified (§8)"),
-    Claim("DBAE captures at least as many attributes as DiffAE (ATTRS)", "attrs", "higher", "DBAE", DIFFAE,
-          "direction only (no number in §8)", ties_agree=True),
-    Claim("DBAE encodes faster than DiffAE with inferred x_T (ms per image)", "encode_ms", "lower", "DBAE",
-          DIFFAE, "one encoder pass vs ~100 NFE of DDIM inversion (§1)"),
-)
-
-
-def difference_se(a: Stat, b: Stat) -> float:
-    """Standard error of mean(a) − mean(b) over independent seeds: sqrt(s_a²/n_a + s_b²/n_b); NaN when either side
-    has fewer than two seeds (its spread is unmeasured)."""
-    if a.n < 2 or b.n < 2 or not (math.isfinite(a.std) and math.isfinite(b.std)):
-        return math.nan
-    return math.sqrt(a.std ** 2 / a.n + b.std ** 2 / b.n)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    claim: Claim
-    dataset: str
-    a: Stat | None
-    b: Stat | None
-    metric: str
-
-    @property
-    def direction(self) -> bool | None:
-        """Whether the means lie in the claimed direction (ties count for "at least" claims); None: not measured."""
-        if self.a is None or self.b is None:
-            return None
-        if self.claim.ties_agree and self.a.mean == self.b.mean:
-            return True
-        return self.a.mean > self.b.mean if self.claim.better == "higher" else self.a.mean < self.b.mean
-
-    @property
-    def noise(self) -> float:
-        """NOISE_SE standard errors of the difference (NaN with one seed on either side)."""
-        return NOISE_SE * difference_se(self.a, self.b) if self.a is not None and self.b is not None else math.nan
-
-    @property
-    def resolved(self) -> bool:
-        """The difference exceeds the seed noise (an exact tie of an "at least" claim is resolved: it agrees)."""
-        if self.a is None or self.b is None or not math.isfinite(self.noise):
-            return False
-        if self.claim.ties_agree and self.a.mean == self.b.mean:
-            return True
-        return abs(self.a.mean - self.b.mean) > self.noise
-
-    @property
-    def agrees(self) -> bool | None:
-        """True/False only when the difference is beyond the seed noise; None when within it, unmeasured (one
-        seed) or not measured at all: see `status`."""
-        return self.direction if self.resolved else None
-
-    @property
-    def status(self) -> str:
-        """"agrees", "disagrees", "within noise", "one seed" (noise unmeasured) or "not measured"."""
-        if self.direction is None:
-            return "not measured"
-        if not math.isfinite(self.noise):
-            return "one seed"
-        if not self.resolved:
-            return "within noise"
-        return "agrees" if self.direction else "disagrees"
-
-    def margin(self) -> str:
-        """Our difference a − b, relative to b, and the paper's difference for comparison."""
-        if self.a is None or self.b is None:
-            return "not measured"
-        d = self.a.mean - self.b.mean
-        rel = f" ({100 * d / abs(self.b.mean):+.0f} %)" if self.b.mean else ""
-        ours = f"{_num(d, 3) if d < 0 else '+' + _num(d, 3)}{rel}"
-        if self.claim.metric == "encode_ms" and self.a.mean > 0:
-            ours = f"{self.b.mean / self.a.mean:.1f}× faster" if d < 0 else f"{self.a.mean / self.b.mean:.1f}× slower"
-        if math.isfinite(self.noise):
-            ours += f"; noise ±{_num(self.noise, 2)}"
-        if self.claim.paper_a is not None:
-            pd = self.claim.paper_a - self.claim.paper_b
-            ours += f"; paper {_num(pd, 3) if pd < 0 else '+' + _num(pd, 3)}" \
-                    f" ({100 * pd / abs(self.claim.paper_b):+.0f} %)"
-        return ours
-
-
-def _probe_metric(rows: dict[str, dict[str, Stat]]) -> str:
-    present = {m for r in rows.values() for m in r}
-    return "probe_ap" if "probe_ap" in present else "probe_class_ap"
-
-
-def check_claims(sweeps: Sequence[Sweep]) -> list[Verdict]:
-    """Every claim on every method comparison (dataset) that has its metric, in the order of CLAIMS. A claim whose
-    metric the dataset does not have (TAD without binary attributes) is left out; one row missing it is kept as
-    "not measured"."""
-    verdicts = []
-    for claim in CLAIMS:
-        for sweep in (s for s in sweeps if s.kind == "methods"):
-            rows = sweep.rows
-            metric = _probe_metric(rows) if claim.metric == "probe" else claim.metric
-            a, b = rows.get(claim.a, {}).get(metric), rows.get(claim.b, {}).get(metric)
-            if a is None and b is None:
-                continue
-            verdicts.append(Verdict(claim, sweep.dataset, a, b, metric))
-    return verdicts
 
 
 # ---------------------------------------------------------------------------------------------------- plots
@@ -450,9 +161,9 @@ def _budget(sweep: Sweep) -> str:
 
 
 def _parameters(client, sweep: Sweep) -> dict[str, str]:
-    """Method -> parameter count in millions, from each trial's config.yaml artifact (the model is rebuilt)."""
+    """Method -> parameter count in millions, from each trial's config.yaml artifact (counted on the meta device)."""
     from dbae_platform.config import load_config
-    from dbae_platform.train import build_model
+    from dbae_platform.models import parameter_counts
     out: dict[str, str] = {}
     for run in sweep.children:
         method = run.data.params.get("model.method", "?")
@@ -462,7 +173,7 @@ def _parameters(client, sweep: Sweep) -> dict[str, str]:
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 cfg = load_config(Path(client.download_artifacts(run.info.run_id, "config.yaml", tmp)))
-            out[label] = f"{build_model(cfg).parameter_counts()['total'] / 1e6:.2f}M"
+            out[label] = f"{parameter_counts(cfg)['total'] / 1e6:.2f}M"
         except Exception as err:  # noqa: BLE001 - a run without its config loses only this count
             log.warning("parameter count of run %s unavailable: %s", run.info.run_id, err)
     return out
@@ -480,8 +191,8 @@ def _trend(table: pa.Table, x_key: str, metric: str) -> str | None:
     steps = np.sign(np.diff(ys))
     shape = "monotonically" if (steps >= 0).all() or (steps <= 0).all() else "not monotonically"
     direction = "rises" if ys[-1] > ys[0] else "falls"
-    return (f"{NAMES.get(metric, metric)} {direction} {shape} from {_num(ys[0])} ({x_key.split('.')[-1]} = "
-            f"{rows[0][x_key]}) to {_num(ys[-1])} ({rows[-1][x_key]})")
+    return (f"{NAMES.get(metric, metric)} {direction} {shape} from {format_number(ys[0])} ({x_key.split('.')[-1]} = "
+            f"{rows[0][x_key]}) to {format_number(ys[-1])} ({rows[-1][x_key]})")
 
 
 def _seed_count(sweep: Sweep) -> int:
