@@ -96,7 +96,6 @@ def guarded_env(workdir, monkeypatch):
     import ray
     monkeypatch.setattr(ray, "init", _start)
     monkeypatch.setattr("dbae_platform.ray_cluster.ray_init", _start)
-    monkeypatch.setattr("dbae_platform.demo.run_demo", _start)
     monkeypatch.setattr("dbae_platform.cli.ui.subprocess.call", _start)
     return workdir
 
@@ -164,8 +163,6 @@ NO_VALUE = (argparse._HelpAction, argparse._StoreTrueAction, argparse._StoreFals
 
 # A valid command line per subcommand: each case changes one argument of it.
 BASE = {
-    "demo": ["demo", "--run-dir", "out/demo", "--steps", "1", "--batch-size", "2", "--eval-images", "2",
-             "--sampler-steps", "1", "--device", "cpu"],
     "train": ["train", "tiny", "--set", "train.steps=1"],
     "eval": ["eval", CHECKPOINT, "--n", "2", "--sampler-steps", "1", "--out", "out/eval", "--device", "cpu"],
     "register": ["register", CHECKPOINT, "dbae-x", "--runs-dir", "runs"],
@@ -268,7 +265,7 @@ def test_every_sweep_script_flag_rejects_bad_values(command, name, value, argv, 
 
 def test_the_base_command_lines_are_valid(guarded_env, capsys):
     """Each case above fails because of its bad value: the base it changes gets as far as real work."""
-    for argv in (BASE["train"], BASE["sweep"], BASE["demo"], BASE["ui"]):
+    for argv in (BASE["train"], BASE["sweep"], BASE["ui"]):
         with pytest.raises(Started):
             cli.main(argv)
     with pytest.raises(Started):
@@ -310,11 +307,6 @@ def test_truncated_prior_is_one_line(guarded_env, capsys):
     finally:
         prior.unlink()
     assert "is unreadable" in line and "dbae prior" in line
-
-
-def test_demo_into_a_file_is_one_line(guarded_env, capsys):
-    line = assert_one_line_exit_2(cli.main, ["demo", "--run-dir", "afile", "--steps", "1"], capsys, guarded_env)
-    assert "afile is a file" in line
 
 
 def test_port_out_of_range_is_one_line(guarded_env, capsys):

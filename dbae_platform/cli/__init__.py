@@ -1,6 +1,6 @@
 """The `dbae` command line: train, eval, register, sweep, table, report, ui, prior, generate, interpolate, manipulate,
-data, demo. One module a group of commands (train.py: train, register, demo; eval.py; sweep.py: sweep, table and
-the study files' flags; report.py; ui.py; generate.py: prior, generate, interpolate, manipulate; data.py); each parses
+data. One module a group of commands (train.py: train, register; eval.py; sweep.py: sweep, table and the study
+files' flags; report.py; ui.py; generate.py: prior, generate, interpolate, manipulate; data.py); each parses
 arguments and calls the library. guard.py maps what a command raises to an exit code.
 
 Exit 0 on success, 2 on bad input (one line, no traceback), 1 when training diverges. Bad input includes what a
@@ -26,7 +26,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="dbae", description="Diffusion Bridge AutoEncoders: train, evaluate, sweep, generate.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    train.add_demo(sub)
     train.add_train(sub)
     evaluation.add_eval(sub)
     train.add_register(sub)

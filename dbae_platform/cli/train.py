@@ -1,5 +1,4 @@
-"""`dbae train`, `dbae register` and `dbae demo`: one training run, its model in the MLflow registry, the tiny
-single-process demo."""
+"""`dbae train` and `dbae register`: one training run, and its model in the MLflow registry."""
 
 from __future__ import annotations
 
@@ -8,27 +7,12 @@ import logging
 import sys
 from pathlib import Path
 
-from dbae_platform.argtypes import directory, name, positive, seed, storage_path
+from dbae_platform.argtypes import name, storage_path
 from dbae_platform.cli.flags import add_store_flags
-from dbae_platform.cli.guard import UsageError
 
-__all__ = ["add_demo", "add_train", "add_register", "HANDLERS"]
+__all__ = ["add_train", "add_register", "HANDLERS"]
 
 log = logging.getLogger("dbae")
-
-
-def add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="train the tiny preset on built-in shapes data and print reconstruction metrics",
-                       description="Train the tiny preset on the built-in shapes data (CPU: a few minutes) and "
-                                   "print reconstruction metrics. Rerun to resume.")
-    p.add_argument("--run-dir", type=directory, default=Path("runs/demo"),
-                   help="checkpoints go here (default runs/demo)")
-    p.add_argument("--steps", type=positive(int), default=500, help="optimizer steps (default 500)")
-    p.add_argument("--batch-size", type=positive(int), default=16)
-    p.add_argument("--eval-images", type=positive(int), default=64)
-    p.add_argument("--sampler-steps", type=positive(int), default=20, help="Euler ODE steps for reconstruction")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--seed", type=seed, default=0)
 
 
 def add_train(sub) -> None:
@@ -58,18 +42,6 @@ def add_register(sub) -> None:
     p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="MLflow run id (32 hex digits) or checkpoint path")
     p.add_argument("model_name", metavar="NAME", type=name, help="registered model name, e.g. dbae-shapes")
     add_store_flags(p)
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from dbae_platform.demo import DemoConfig, run_demo
-    if args.device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda was asked for but no CUDA device is visible: use --device cpu")
-    run_demo(DemoConfig(run_dir=args.run_dir, steps=args.steps, batch_size=args.batch_size,
-                        eval_images=args.eval_images, sampler_steps=args.sampler_steps, device=args.device,
-                        seed=args.seed))
-    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -116,4 +88,4 @@ def _register(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"demo": _demo, "train": _train, "register": _register}
+HANDLERS = {"train": _train, "register": _register}
