@@ -30,8 +30,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset, Subset
 
 from dbae_core.latent_prior import default_preset, encode_posterior, fit_prior, prior_preset, save_prior
 from dbae_core.metrics import (
@@ -57,6 +56,7 @@ from dbae_core.metrics import (
 from dbae_core.model import DBAE
 from dbae_core.networks import Posterior
 from dbae_core.training import autocast
+from dbae_platform import batches
 from dbae_platform.sampling import GaussianPrior, Sampling
 
 __all__ = ["PriorBudget", "SUITES", "CPU_GENERATION_IMAGES", "evaluate", "format_table",
@@ -70,18 +70,6 @@ GPU_GENERATION_IMAGES = 10_000
 GRID = 32  # images per grid
 
 
-def _collect(dataset: Dataset, n: int, seed: int, batch_size: int) -> tuple[Tensor, list[Tensor], list[int]]:
-    """Images and stacked trailing labels of a seeded random subset of min(n, len) items."""
-    perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-    idx = sorted(perm[:min(n, len(dataset))].tolist())
-    images, extras = [], []
-    for batch in DataLoader(Subset(dataset, idx), batch_size=batch_size, shuffle=False):
-        batch = [batch] if torch.is_tensor(batch) else list(batch)
-        images.append(batch[0].float())
-        extras.append([torch.as_tensor(b) for b in batch[1:]])
-    return torch.cat(images), [torch.cat(col) for col in zip(*extras)], idx
-
-
 def label_kinds(extras: Sequence[Tensor]) -> dict[str, Tensor]:
     """{"classes" | "attributes" | "factors": labels}, the first element of each kind."""
     kinds: dict[str, Tensor] = {}
@@ -93,32 +81,6 @@ def label_kinds(extras: Sequence[Tensor]) -> dict[str, Tensor]:
         elif t.ndim in (1, 2):
             kinds.setdefault("factors", t.reshape(len(t), -1).double())
     return kinds
-
-
-def _batches(x: Tensor, batch_size: int, desc: str):
-    return tqdm(range(0, len(x), batch_size), desc=desc, leave=False, disable=len(x) <= batch_size)
-
-
-@torch.no_grad()
-def _encode(model: DBAE, images: Tensor, batch_size: int, device: torch.device, precision: str = "auto",
-            sample: bool = False, seed: int = 0) -> tuple[Tensor, float]:
-    """Posterior means (draws z = μ + σ ε, seeded, with `sample`) and the wall-clock encoding time in ms per image."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    gen = torch.Generator(device).manual_seed(seed) if sample else None
-    sync()
-    t0 = time.perf_counter()
-    with autocast(device, precision):
-        z = torch.cat([model.encode(images[i:i + batch_size].to(device), sample=sample, generator=gen).float().cpu()
-                       for i in _batches(images, batch_size, "encode")])
-    sync()
-    return z, 1000 * (time.perf_counter() - t0) / max(len(images), 1)
-
-
-def _decode(model: DBAE, z: Tensor, sampling: Sampling, batch_size: int, device: torch.device, desc: str,
-            generator: torch.Generator | None = None) -> Tensor:
-    with autocast(device, sampling.precision):
-        return torch.cat([model.decode(z[i:i + batch_size].to(device), generator=generator, **sampling.kwargs(model))
-                          [0].float().cpu() for i in _batches(z, batch_size, desc)])
 
 
 def _save_image(images: Tensor, path: Path, **grid) -> None:
@@ -135,7 +97,7 @@ def _reconstruct_inferred(model, x: Tensor, sampling: Sampling, batch_size: int,
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     recs, encode_s = [], 0.0
     with autocast(device, sampling.precision):
-        for i in _batches(x, batch_size, "reconstruct (inferred x_T)"):
+        for i in batches.starts(x, batch_size, "reconstruct (inferred x_T)"):
             xb = x[i:i + batch_size].to(device)
             sync()
             t0 = time.perf_counter()
@@ -173,10 +135,10 @@ def _recon_suite(model: DBAE, x: Tensor, z: Tensor, out: Path, sampling: Samplin
     if diffae:
         recs, inferred_ms = _reconstruct_inferred(model, x, sampling, batch_size, device)
     else:
-        recs = _decode(model, z, sampling, batch_size, device, "reconstruct", gen)
+        recs = batches.decode(model, z, sampling, batch_size, device, "reconstruct", gen)
     metrics = _recon_metrics(x, recs, "eval/", lpips_model, batch_size, device)
     if diffae:
-        random_recs = _decode(model, z, sampling, batch_size, device, "reconstruct (random x_T)", gen)
+        random_recs = batches.decode(model, z, sampling, batch_size, device, "reconstruct (random x_T)", gen)
         metrics.update(_recon_metrics(x, random_recs, "eval/random_xT/", lpips_model, batch_size, device))
         metrics.update({"eval/encode_ms": inferred_ms, "eval/random_xT/encode_ms": encode_ms})
     cols = 16
@@ -280,13 +242,15 @@ def _generation_suite(model: DBAE, prior, train: Dataset, train_x: Tensor, m: in
         inception = InceptionFeatures(device=device, batch_size=min(batch_size, 50))
     except InceptionUnavailable as err:
         log.warning("generation suite skipped: %s", err)
-        _save_image(to_unit(_decode(model, _sample_prior(priors["eval/"], 16, seed), sampling, batch_size, device,
-                                    "sample")), out / "samples.png", nrow=8, padding=1)
+        z = _sample_prior(priors["eval/"], 16, seed)
+        samples = batches.decode(model, z, sampling, batch_size, device, "sample")
+        _save_image(to_unit(samples), out / "samples.png", nrow=8, padding=1)
         return {}
     real = cached_features(key, lambda: inception(train_x[:m], progress=True), cache_dir)
     metrics = {}
     for prefix, source in priors.items():
-        samples = _decode(model, _sample_prior(source, m, seed), sampling, batch_size, device, f"sample {prefix}")
+        samples = batches.decode(model, _sample_prior(source, m, seed), sampling, batch_size, device,
+                                 f"sample {prefix}")
         name = "samples.png" if prefix == "eval/" else "samples_gaussian.png"
         _save_image(to_unit(samples[:64]), out / name, nrow=8, padding=1)
         fake = inception(samples, progress=True)
@@ -323,15 +287,15 @@ def evaluate(model: DBAE, *, train: Dataset, test: Dataset, suites: Sequence[str
     device, out = torch.device(device), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.to(device).eval()
-    test_x, test_extra, _ = _collect(test, n, seed, batch_size)
+    test_x, test_extra = batches.take(test, n, seed, batch_size)
     lab_te = label_kinds(test_extra)
     sampling = Sampling(sampler_steps, sampler, churn, precision)
-    z_te, encode_ms = _encode(model, test_x, batch_size, device, precision, sample_z, seed)
+    z_te, encode_ms = batches.encode(model, test_x, batch_size, device, precision, sample_z, seed)
     metrics: dict[str, float | None] = {"eval/encode_ms": encode_ms}
     if {"probe", "disentangle", "generation"} & set(suites):
-        train_x, train_extra, _ = _collect(train, n, seed, batch_size)
+        train_x, train_extra = batches.take(train, n, seed, batch_size)
         lab_tr = label_kinds(train_extra)
-        z_tr = _encode(model, train_x, batch_size, device, precision, sample_z, seed + 1)[0]
+        z_tr = batches.encode(model, train_x, batch_size, device, precision, sample_z, seed + 1)[0]
         shared = set(lab_tr) & set(lab_te)  # label kinds both splits carry
         shared_tr, shared_te = ({k: lab[k] for k in shared} for lab in (lab_tr, lab_te))
     if "recon" in suites:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from dbae_core.editing import fit_probe, manipulate, manipulate_latent, save_grid, save_strip
 from dbae_core.latent_prior import (
@@ -35,9 +35,11 @@ from dbae_core.latent_prior import (
     prior_preset,
     save_prior,
 )
+from dbae_platform import batches
 from dbae_platform.config import Config, ConfigError
+from dbae_platform.sampling import Sampling
 
-__all__ = ["Run", "load_run", "take", "encode", "decode", "train_prior", "latent_source", "generate", "interpolate",
+__all__ = ["Run", "load_run", "train_prior", "latent_source", "generate", "interpolate",
            "manipulate_attribute", "GAUSSIAN_IMAGES", "GRID_ROW"]
 
 log = logging.getLogger(__name__)
@@ -79,37 +81,9 @@ def load_run(checkpoint: str | Path, tracking_uri: str | None, overrides: list[s
     return Run(state_path.parent, cfg, model, int(state["step"]), on)
 
 
-def take(dataset: Dataset, n: int, seed: int, batch_size: int) -> tuple[Tensor, list[Tensor]]:
-    """Images and stacked trailing labels of min(n, len) items: a seeded random subset (streamed data: the first n)."""
-    if not isinstance(dataset, IterableDataset):
-        perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-        dataset = Subset(dataset, sorted(perm[:n].tolist()))
-    images, extras, count = [], [], 0
-    for batch in DataLoader(dataset, batch_size=min(batch_size, n), shuffle=False):
-        batch = [batch] if torch.is_tensor(batch) else list(batch)
-        images.append(batch[0].float())
-        extras.append([torch.as_tensor(b) for b in batch[1:]])
-        count += len(batch[0])
-        if count >= n:
-            break
-    if not images:
-        raise ConfigError("the dataset yielded no items: check data.root (--set data.root=DIR)")
-    return torch.cat(images)[:n], [torch.cat(col)[:n] for col in zip(*extras)]
-
-
-@torch.no_grad()
-def encode(run: Run, x: Tensor) -> Tensor:
-    """Posterior means of x, in batches of eval.batch_size, on the CPU."""
-    b = run.cfg.eval.batch_size
-    return torch.cat([run.model.encode(x[i:i + b].to(run.device)).float().cpu() for i in range(0, len(x), b)])
-
-
-@torch.no_grad()
-def decode(run: Run, z: Tensor, steps: int, generator: torch.Generator) -> Tensor:
-    """model.decode in batches of eval.batch_size (DBAE: x_T = Dec(z) → bridge; DiffAE: random x_T → DDIM)."""
-    b = run.cfg.eval.batch_size
-    return torch.cat([run.model.decode(z[i:i + b].to(run.device), steps, generator=generator)[0].float().cpu()
-                      for i in range(0, len(z), b)])
+def _latents(run: Run, x: Tensor) -> Tensor:
+    """Posterior means of x with the run's eval settings (batch size, precision), on the CPU."""
+    return batches.encode(run.model, x, run.cfg.eval.batch_size, run.device, run.cfg.eval.precision)[0]
 
 
 def out_dir(out: Path | None, run: Run, name: str) -> Path:
@@ -215,9 +189,9 @@ def sample_latents(run: Run, datasets: Datasets, prior: LatentPrior | None, n: i
     """n latents from the learned prior or, when it is None (--gaussian), a Gaussian fitted to encoded latents."""
     if prior is None:
         from dbae_platform.sampling import GaussianPrior
-        x, _ = take(datasets()[0], GAUSSIAN_IMAGES, seed, run.cfg.eval.batch_size)
+        x, _ = batches.take(datasets()[0], GAUSSIAN_IMAGES, seed, run.cfg.eval.batch_size)
         log.info("z ~ Gaussian fitted to %d encoded training latents", len(x))
-        return GaussianPrior(encode(run, x)).sample(n, torch.Generator().manual_seed(seed))
+        return GaussianPrior(_latents(run, x)).sample(n, torch.Generator().manual_seed(seed))
     return prior.sample(n, prior_steps, generator=generator)
 
 
@@ -229,7 +203,8 @@ def generate(run: Run, datasets: Datasets, prior: LatentPrior | None, out: Path 
     generator = torch.Generator(run.device).manual_seed(seed)
     t0 = time.perf_counter()
     z = sample_latents(run, datasets, prior, n, prior_steps, seed, generator)
-    x = decode(run, z, steps, generator)
+    sampling = Sampling(steps, precision=run.cfg.eval.precision)
+    x = batches.decode(run.model, z, sampling, run.cfg.eval.batch_size, run.device, "sample", generator)
     path = save_grid(x, out / "samples.png", nrow=GRID_ROW)
     log.info("%d samples (%d sampler steps) in %.1f s", n, steps, time.perf_counter() - t0)
     return path
@@ -245,7 +220,7 @@ def interpolate(run: Run, datasets: Datasets, out: Path | None, pairs: int, fram
     if frames < 2:
         raise ConfigError(f"--frames {frames} is too few: pass at least 2 (λ = 0 and 1)")
     out = out_dir(out, run, "interpolate")
-    x, _ = take(datasets()[1], 2 * pairs, seed, run.cfg.eval.batch_size)
+    x, _ = batches.take(datasets()[1], 2 * pairs, seed, run.cfg.eval.batch_size)
     pairs = len(x) // 2
     if pairs == 0:
         raise ConfigError("the test split has fewer than 2 images: nothing to interpolate")
@@ -327,7 +302,7 @@ def manipulate_attribute(run: Run, datasets: Datasets, out: Path | None, attribu
         raise ConfigError("--scales is empty: pass e.g. --scales=-1,0,1,2")
     train, test = datasets()
     batch = run.cfg.eval.batch_size
-    x_tr, extras = take(train, probe_images, seed, batch)
+    x_tr, extras = batches.take(train, probe_images, seed, batch)
     kinds = label_kinds(extras)
     if "classes" in kinds and bool((kinds["classes"] < 0).all()):
         del kinds["classes"]  # -1 marks unlabelled images
@@ -339,21 +314,21 @@ def manipulate_attribute(run: Run, datasets: Datasets, out: Path | None, attribu
         raise ConfigError(f"--attribute {name} is {'always' if y[0] > 0 else 'never'} true on the {len(y)} probe "
                           "images: pick another attribute or threshold")
     out = out_dir(out, run, "manipulate")
-    z_tr = encode(run, x_tr)
+    z_tr = _latents(run, x_tr)
     probe = fit_probe(z_tr, y)
     accuracy = ((probe.logit(z_tr) > 0).float() == y).float().mean().item()
     log.info("probe for %s on %d training latents (%.0f%% positive): training accuracy %.3f", name, len(y),
              100 * y.mean().item(), accuracy)
 
-    x, _ = take(test, n, seed, batch)
+    x, _ = batches.take(test, n, seed, batch)
     x = x.to(run.device)
     t0 = time.perf_counter()
     images = manipulate(run.model, x, probe, scales, steps=steps, keep_endpoint=keep_endpoint,
                         generator=torch.Generator(run.device).manual_seed(seed)).float()  # (S, n, C, H, W)
     log.info("%d images x %d scales in %.1f s", len(x), len(scales), time.perf_counter() - t0)
-    z = encode(run, x)
+    z = _latents(run, x)
     latent = [probe.logit(manipulate_latent(z, probe, s)).mean().item() for s in scales]
-    decoded = [probe.logit(encode(run, images[k])).mean().item() for k in range(len(scales))]
+    decoded = [probe.logit(_latents(run, images[k])).mean().item() for k in range(len(scales))]
     strip = torch.cat([x[None].float(), images]).cpu()  # original | scales
     for i in range(len(x)):
         save_strip(strip[:, i:i + 1], out / f"manipulation_{i}.png")
