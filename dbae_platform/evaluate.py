@@ -27,6 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -57,14 +58,17 @@ from dbae_core.model import DBAE
 from dbae_core.networks import Posterior
 from dbae_core.training import autocast
 from dbae_platform import batches
+from dbae_platform.config import SUITES, ConfigError
 from dbae_platform.sampling import GaussianPrior, Sampling
 
-__all__ = ["PriorBudget", "SUITES", "CPU_GENERATION_IMAGES", "evaluate", "format_table",
+if TYPE_CHECKING:
+    from dbae_platform.models import Run
+
+__all__ = ["PriorBudget", "SUITES", "CPU_GENERATION_IMAGES", "evaluate", "evaluate_checkpoint", "format_table",
            "write_metrics_json"]
 
 log = logging.getLogger(__name__)
 
-SUITES = ("recon", "probe", "disentangle", "generation")
 CPU_GENERATION_IMAGES = 250  # Inception runs at ~5 images/s on 2 CPU cores
 GPU_GENERATION_IMAGES = 10_000
 GRID = 32  # images per grid
@@ -322,6 +326,29 @@ def evaluate(model: DBAE, *, train: Dataset, test: Dataset, suites: Sequence[str
     write_metrics_json(metrics, out / "metrics.json")
     log.info("evaluation of %d test items (%s):\n%s", len(test_x), ", ".join(suites), format_table(metrics))
     return metrics
+
+
+def evaluate_checkpoint(run: Run, suites: str | None = None, n: int | None = None, sampler_steps: int | None = None,
+                        out: Path | None = None) -> tuple[dict[str, float | None], Path]:
+    """`dbae eval`: the suites (comma-separated; default eval.suites) on the run's datasets with its eval settings
+    (`n`, `sampler_steps` override eval.n, eval.sampler_steps); metrics.json and the image grids go to `out` (default
+    RUN/eval). Returns the metrics and that directory."""
+    from dbae_platform.models import EVAL_DIR, build_datasets
+    cfg = run.cfg
+    chosen = tuple(s.strip() for s in suites.split(",") if s.strip()) if suites else cfg.eval.suites
+    bad = [s for s in chosen if s not in SUITES]
+    if bad:
+        raise ConfigError(f"--suite {bad[0]!r} is unknown: use a comma-separated list from {','.join(SUITES)}")
+    train, test = build_datasets(cfg)
+    out = out or run.directory / EVAL_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    e = cfg.eval
+    metrics = evaluate(run.model, train=train, test=test, suites=chosen, n=n or e.n, out_dir=out, device=run.device,
+                       sampler_steps=sampler_steps or e.sampler_steps, sampler=e.sampler, churn=e.churn,
+                       precision=e.precision, batch_size=e.batch_size, sample_z=e.sample_z,
+                       prior_steps=e.prior_steps, prior_images=e.prior_images, gaussian_baseline=e.gaussian_baseline)
+    write_metrics_json(metrics, out / "metrics.json")
+    return metrics, out
 
 
 def _clean(v) -> float | int | None:

@@ -3,9 +3,9 @@ generate samples, interpolate between images, manipulate an attribute along a li
 `generate`, `interpolate` and `manipulate` commands (dbae_platform.cli.generate) call one function each.
 
 A checkpoint is a directory written by `dbae train` (state.pt + config.yaml) or a registered model
-(models:/NAME/VERSION, runs:/RUN_ID/model: dbae_platform.registry); its EMA weights are used. Latents are posterior
-means. Outputs default to the checkpoint directory. `datasets` is a function returning the run's (train, test)
-datasets, called only where a command reads images.
+(models:/NAME/VERSION, runs:/RUN_ID/model: dbae_platform.registry), loaded as a `Run` (dbae_platform.models); its
+EMA weights are used. Latents are posterior means. Outputs default to the checkpoint directory. `datasets` is a
+function returning the run's (train, test) datasets, called only where a command reads images.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ import math
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from dbae_core.editing import fit_probe, manipulate, manipulate_latent, save_grid, save_strip
@@ -36,11 +35,14 @@ from dbae_core.latent_prior import (
     save_prior,
 )
 from dbae_platform import batches
-from dbae_platform.config import Config, ConfigError
+from dbae_platform.config import ConfigError
 from dbae_platform.sampling import Sampling
 
-__all__ = ["Run", "load_run", "train_prior", "latent_source", "generate", "interpolate",
-           "manipulate_attribute", "GAUSSIAN_IMAGES", "GRID_ROW"]
+if TYPE_CHECKING:
+    from dbae_platform.models import Run
+
+__all__ = ["train_prior", "latent_source", "generate", "interpolate", "manipulate_attribute", "GAUSSIAN_IMAGES",
+           "GRID_ROW"]
 
 log = logging.getLogger(__name__)
 
@@ -48,37 +50,6 @@ GAUSSIAN_IMAGES = 5000  # training images encoded to fit `generate --gaussian`
 GRID_ROW = 8  # samples per row of samples.png
 
 Datasets = Callable[[], "tuple[Dataset, Dataset]"]
-
-
-@dataclass(frozen=True)
-class Run:
-    """A checkpoint's EMA model, config and step, on a device; default outputs go below `directory`."""
-
-    directory: Path  # where state.pt lives: default outputs go below it
-    cfg: Config
-    model: nn.Module
-    step: int
-    device: torch.device
-
-    @property
-    def diffae(self) -> bool:
-        return getattr(self.model, "kind", "dbae") == "diffae"
-
-
-def load_run(checkpoint: str | Path, tracking_uri: str | None, overrides: list[str], device: str) -> Run:
-    """The EMA model, config and step of `checkpoint` (a path or a models:/ or runs:/ URI), on `device`."""
-    from dbae_core.checkpoint import WEIGHTS_KEYS, load_checkpoint
-    from dbae_platform.config import load_config
-    from dbae_platform.models import load_model, pick_device
-    from dbae_platform.registry import checkpoint_files
-    state_path, cfg_path = checkpoint_files(checkpoint, tracking_uri)
-    state = load_checkpoint(state_path, required=WEIGHTS_KEYS)
-    cfg = load_config(cfg_path, overrides)
-    on = pick_device(device)
-    model = load_model(state).to(on)
-    log.info("%s model (%.2fM parameters) at step %d from %s", getattr(model, "kind", "dbae"),
-             model.parameter_counts()["total"] / 1e6, int(state["step"]), state_path)
-    return Run(state_path.parent, cfg, model, int(state["step"]), on)
 
 
 def _latents(run: Run, x: Tensor) -> Tensor:

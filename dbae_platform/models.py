@@ -3,9 +3,13 @@ workers, `dbae eval`, the generation commands, the registry and the report share
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from dbae_core.autoencoders import config_from_dict, model_from_config
@@ -15,7 +19,9 @@ from dbae_platform.config import Config, ConfigError
 from dbae_platform.storage import StoragePath
 
 __all__ = ["STATE_FILE", "RESULT_FILE", "EVAL_DIR", "pick_device", "build_model", "weights_state", "load_model",
-           "build_datasets", "run_paths", "parameter_counts", "dry_run"]
+           "Run", "load_run", "build_datasets", "run_paths", "parameter_counts", "dry_run"]
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
 RESULT_FILE = "result.json"
@@ -48,6 +54,35 @@ def load_model(state: dict[str, Any], ema: bool = True) -> torch.nn.Module:
     model = model_from_config(config_from_dict(state["model_config"], kind))
     model.load_state_dict(state["ema" if ema else "model"])
     return model.eval()
+
+
+@dataclass(frozen=True)
+class Run:
+    """A checkpoint's EMA model, config and step, on a device; default outputs go below `directory`."""
+
+    directory: Path  # where state.pt lives: default outputs go below it
+    cfg: Config
+    model: nn.Module
+    step: int
+    device: torch.device
+
+    @property
+    def diffae(self) -> bool:
+        return getattr(self.model, "kind", "dbae") == "diffae"
+
+
+def load_run(state_path: Path, cfg_path: Path, overrides: list[str], device: str) -> Run:
+    """The EMA model, config and step of a checkpoint's state file and config.yaml (what
+    registry.checkpoint_files makes of a command's CHECKPOINT), on `device`."""
+    from dbae_core.checkpoint import WEIGHTS_KEYS, load_checkpoint
+    from dbae_platform.config import load_config
+    state = load_checkpoint(state_path, required=WEIGHTS_KEYS)
+    cfg = load_config(cfg_path, overrides)
+    on = pick_device(device)
+    model = load_model(state).to(on)
+    log.info("%s model (%.2fM parameters) at step %d from %s", getattr(model, "kind", "dbae"),
+             model.parameter_counts()["total"] / 1e6, int(state["step"]), state_path)
+    return Run(state_path.parent, cfg, model, int(state["step"]), on)
 
 
 def build_datasets(cfg: Config) -> tuple[Dataset, Dataset]:

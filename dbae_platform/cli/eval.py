@@ -7,7 +7,7 @@ import logging
 import sys
 
 from dbae_platform.argtypes import checkpoint_ref, directory, positive
-from dbae_platform.cli.flags import add_registry_flag
+from dbae_platform.cli.flags import add_registry_flag, checkpoint_run
 
 __all__ = ["add_eval", "HANDLERS"]
 
@@ -33,31 +33,8 @@ def add_eval(sub) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-
-    from dbae_core.checkpoint import WEIGHTS_KEYS, load_checkpoint
-    from dbae_platform.config import SUITES, ConfigError, load_config
-    from dbae_platform.evaluate import evaluate, format_table, write_metrics_json
-    from dbae_platform.models import build_datasets, load_model, pick_device
-    from dbae_platform.registry import checkpoint_files
-    state_path, cfg_path = checkpoint_files(args.checkpoint, args.tracking_uri)
-    state = load_checkpoint(state_path, required=WEIGHTS_KEYS)
-    cfg = load_config(cfg_path, args.overrides)
-    suites = tuple(s.strip() for s in args.suite.split(",") if s.strip()) if args.suite else cfg.eval.suites
-    bad = [s for s in suites if s not in SUITES]
-    if bad:
-        raise ConfigError(f"--suite {bad[0]!r} is unknown: use a comma-separated list from {','.join(SUITES)}")
-    device = pick_device(args.device)
-    model = load_model(state).to(device)
-    train, test = build_datasets(cfg)
-    out = args.out or state_path.parent / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = evaluate(model, train=train, test=test, suites=suites, n=args.n or cfg.eval.n, out_dir=out,
-                       device=device, sampler_steps=args.sampler_steps or cfg.eval.sampler_steps,
-                       sampler=cfg.eval.sampler, churn=cfg.eval.churn, precision=cfg.eval.precision,
-                       batch_size=cfg.eval.batch_size, sample_z=cfg.eval.sample_z,
-                       prior_steps=cfg.eval.prior_steps, prior_images=cfg.eval.prior_images,
-                       gaussian_baseline=cfg.eval.gaussian_baseline)
-    write_metrics_json(metrics, out / "metrics.json")
+    from dbae_platform.evaluate import evaluate_checkpoint, format_table
+    metrics, out = evaluate_checkpoint(checkpoint_run(args), args.suite, args.n, args.sampler_steps, args.out)
     sys.stdout.write(format_table(metrics) + "\n")
     log.info("metrics and image grids in %s", out)
     return 0

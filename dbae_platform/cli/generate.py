@@ -12,13 +12,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch.utils.data import Dataset
 
 from dbae_core.latent_prior import SMALL_MODEL
 from dbae_platform import generation
 from dbae_platform.argtypes import at_least, checkpoint_ref, directory, output_file, positive, seed
-from dbae_platform.cli.flags import add_registry_flag
+from dbae_platform.cli.flags import add_registry_flag, checkpoint_run
+
+if TYPE_CHECKING:
+    from dbae_platform.models import Run
 
 __all__ = ["add_parsers", "HANDLERS"]
 
@@ -32,7 +36,7 @@ _prior_out.kind = "output file or directory"  # type: ignore[attr-defined]
 
 
 def _checkpoint_args(p: argparse.ArgumentParser, out_default: str, out_type=directory) -> None:
-    # CHECKPOINT is checked by _load_run, first thing: a missing one says what a checkpoint directory holds
+    # CHECKPOINT is checked by checkpoint_run, first thing: a missing one says what a checkpoint directory holds
     p.add_argument("checkpoint", metavar="CHECKPOINT", type=checkpoint_ref,
                    help="checkpoint directory written by dbae train (holds state.pt and config.yaml), or a registered "
                         "model: models:/NAME/VERSION, runs:/RUN_ID/model")
@@ -115,17 +119,13 @@ def add_parsers(sub) -> None:
 
 
 # -- handlers ------------------------------------------------------------------------------------------
-def _load_run(args: argparse.Namespace) -> generation.Run:
-    return generation.load_run(args.checkpoint, args.tracking_uri, args.overrides, args.device)
-
-
-def _datasets(run: generation.Run) -> tuple[Dataset, Dataset]:
+def _datasets(run: Run) -> tuple[Dataset, Dataset]:
     from dbae_platform.models import build_datasets
     return build_datasets(run.cfg)
 
 
 def _prior(args: argparse.Namespace) -> int:
-    run = _load_run(args)
+    run = checkpoint_run(args)
     path = generation.train_prior(run, lambda: _datasets(run), args.out, args.preset, args.steps, args.batch_size,
                                   args.lr)
     sys.stdout.write(f"{path}\n")
@@ -133,7 +133,7 @@ def _prior(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    run = _load_run(args)
+    run = checkpoint_run(args)
     # before anything is written: a bad --prior leaves no empty output folder
     prior = generation.latent_source(run, args.checkpoint, args.prior, args.gaussian, args.prior_steps)
     path = generation.generate(run, lambda: _datasets(run), prior, args.out, args.n, args.steps, args.prior_steps,
@@ -143,7 +143,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _interpolate(args: argparse.Namespace) -> int:
-    run = _load_run(args)
+    run = checkpoint_run(args)
     path = generation.interpolate(run, lambda: _datasets(run), args.out, args.pairs, args.frames, args.steps,
                                   args.seed, random_xt=args.random_xt)
     sys.stdout.write(f"{path}\n")
@@ -151,7 +151,7 @@ def _interpolate(args: argparse.Namespace) -> int:
 
 
 def _manipulate(args: argparse.Namespace) -> int:
-    run = _load_run(args)
+    run = checkpoint_run(args)
     scales = [s for group in args.scales for s in group]
     sys.stdout.write(generation.manipulate_attribute(run, lambda: _datasets(run), args.out, args.attribute, scales,
                                                      args.n, args.steps, args.seed, args.probe_images,
