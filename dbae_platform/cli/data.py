@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-from pathlib import Path
 from typing import Any
 
 from dbae_platform.argtypes import at_least, directory_or_uri, positive
-
-log = logging.getLogger("dbae.data")
 
 _EPILOG = ("Shards land in OUT/<split>/part-00000.parquet ...; read them back with "
            "make_dataset('parquet', split, size, root=OUT) or data.dataset=parquet, data.root=OUT.")
@@ -65,47 +61,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _splits(text: str) -> list[str]:
-    """The comma-separated split list, checked."""
-    from dbae_core.data import SPLITS
-
-    splits = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in splits if s not in SPLITS]
-    if not splits or bad or len(set(splits)) != len(splits):
-        raise ValueError(f"--split {text!r} is invalid: expected distinct names from {', '.join(SPLITS)}, "
-                         "comma-separated")
-    return splits
-
-
-def prepare(args: argparse.Namespace) -> list[str]:
-    """Build every requested split first (so bad paths fail before writing), then write their shards."""
-    from dbae_core.data import DEFAULT_SIZES, make_dataset, write_shards
-
-    if args.workers < 0:
-        raise ValueError(f"--workers {args.workers} is invalid: expected an int >= 0")
-    if args.root and "://" not in args.root and not Path(args.root).expanduser().is_dir():
-        raise FileNotFoundError(f"--root {args.root} is not a directory: pass the folder holding the dataset's files")
-    options = dict(args.option)
-    if "flip" in options:
-        raise ValueError("--option flip=... is not allowed: shards store unflipped images; flip when reading "
-                         "(make_dataset('parquet', ..., flip=True))")
-    size = args.size or DEFAULT_SIZES[args.dataset]
-    datasets = {s: make_dataset(args.dataset, s, size, args.root, **options) for s in _splits(args.split)}
-    out = args.out.rstrip("/")
-    paths = []
-    for split, dataset in datasets.items():
-        paths += write_shards(dataset, f"{out}/{split}", dataset_name=args.dataset, size=size, split=split,
-                              shard_rows=args.shard_rows, row_group_rows=args.row_group_rows, limit=args.limit,
-                              workers=args.workers, overwrite=args.overwrite)
-    log.info("prepared %s at %d px: %s in %s", args.dataset, size, ", ".join(datasets), out)
-    return paths
+    """The comma-separated split list (checked by shards.prepare)."""
+    return [s.strip() for s in text.split(",") if s.strip()]
 
 
 def run(args: argparse.Namespace) -> None:
     """Run the `dbae data` sub-command in ``args``; bad input raises ValueError / FileNotFoundError (one line)."""
-    if args.data_command == "prepare":
-        prepare(args)
-    else:
+    if args.data_command != "prepare":
         raise ValueError(f"unknown data command {args.data_command!r}: use prepare")
+    from dbae_platform.shards import prepare
+    prepare(args.dataset, args.out, _splits(args.split), args.size, args.root, dict(args.option), args.shard_rows,
+            args.row_group_rows, args.limit, args.workers, args.overwrite)
 
 
 HANDLERS = {"data": run}
