@@ -302,7 +302,7 @@ def test_the_trial_and_worker_modules_import_without_torchvision():
     torch._dynamo, about 1.3 s) is imported only where an image grid is saved."""
     import subprocess
     import sys
-    code = ("import sys, dbae_platform.train, dbae_platform.tune, dbae_platform.evaluate; "
+    code = ("import sys, dbae_platform.train, dbae_platform.sweep, dbae_platform.evaluate; "
             "print('torchvision' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.strip() == "False"
