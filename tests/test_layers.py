@@ -1,10 +1,12 @@
 """The packages' layers, read statically from the source (`ast`, imports inside functions included):
 no import loop among `dbae_platform` modules, no library module importing the command line (`dbae_platform.cli`),
-and `dbae_core` free of Ray, MLflow, Optuna and YAML."""
+and `dbae_core` free of Ray, MLflow, Optuna and YAML. The README's layout block names every module and no module
+that is gone."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,3 +130,27 @@ def test_the_walk_sees_imports_inside_functions():
     assert graph and all(isinstance(v, set) for v in graph.values())
     assert any(graph.values()), "no imports found: the walk is broken"
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+
+
+def _layout() -> str:
+    """The README's layout block: the code block under `## Layout`."""
+    text = (ROOT / "README.md").read_text().split("\n## Layout\n", 1)[1]
+    return text.split("```", 2)[1]
+
+
+def test_the_readme_layout_names_every_module_and_only_modules_that_exist():
+    layout = _layout()
+    words = set(re.findall(r"[\w./]+?\.py\b|\w+/", layout))  # file names and folders
+    for package in ("dbae_core", "dbae_platform"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path.name in ("__init__.py", "__main__.py") or path.parent.name == "__pycache__":
+                continue
+            rel = path.relative_to(ROOT / package)
+            # a module is named by its file name, or by its folder (dbae_core's networks/, metrics/, data/)
+            assert path.name in words or f"{rel.parts[0]}/" in words or str(rel) in words, \
+                f"README layout does not mention {package}/{rel}"
+    section = layout.split("dbae_platform/", 1)[1].split("\nsweeps/", 1)[0]
+    for line in section.splitlines()[1:]:
+        name = line[2:].split(" ", 1)[0] if line.startswith("  ") and not line.startswith("   ") else ""
+        if name:
+            assert (ROOT / "dbae_platform" / name.rstrip(",")).exists(), f"README layout names {name}, not in the tree"
