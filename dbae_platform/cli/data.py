@@ -70,8 +70,9 @@ def run(args: argparse.Namespace) -> None:
     if args.data_command != "prepare":
         raise ValueError(f"unknown data command {args.data_command!r}: use prepare")
     from dbae_platform.shards import prepare
-    prepare(args.dataset, args.out, _splits(args.split), args.size, args.root, dict(args.option), args.shard_rows,
-            args.row_group_rows, args.limit, args.workers, args.overwrite)
+    prepare(args.dataset, args.out, _splits(args.split), size=args.size, root=args.root, options=dict(args.option),
+            shard_rows=args.shard_rows, row_group_rows=args.row_group_rows, limit=args.limit, workers=args.workers,
+            overwrite=args.overwrite)
 
 
 HANDLERS = {"data": run}
