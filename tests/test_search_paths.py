@@ -1,4 +1,6 @@
-"""Every search path of a sweep × 1 and 2 seeds, end to end on a real local Ray cluster and a real sqlite MLflow store.
+"""Every search path of a sweep with seeds, end to end on a real local Ray cluster and a real sqlite MLflow store.
+(Grid and random share one Tune searcher, so a seed count is one more grid axis for both: 1 seed runs on a grid
+in test_sweeps.py.)
 
 For each: the sweep finishes; every configuration ran once per seed with the same swept values; the ablation table has
 one row per configuration with n = seeds and the mean/std of its children's final metrics; `best` (and best.json) is
@@ -78,9 +80,9 @@ def check_optuna_told_seed_means(study: Study, result, groups: dict[str, list]) 
 
 
 # Grid with 1 and 2 seeds, Optuna with 1 seed (single and multi-objective) and ASHA on a grid also run as the
-# documented commands (test_documented_sweeps.py) and in test_sweeps.py; here the paths those do not cover.
+# documented commands (test_documented_sweeps.py) and in test_sweeps.py (grid, 1 seed: n = 1 and an empty std); here
+# the paths those do not cover.
 CASES = {
-    "random-1-seed": (Study(name="r1", search="random", num_samples=1, space={"train.lr": LR}), 1),
     # Ray's default variant generator draws the random keys afresh for every seed: two configurations of n = 1
     "random-2-seeds": (Study(name="r2", search="random", num_samples=1, seeds=(0, 1), space={"train.lr": LR}), 1),
     "optuna-2-seeds": (Study(name="o2", search="optuna", num_samples=1, seeds=(0, 1), space={"train.lr": LR}), 1),
