@@ -83,7 +83,8 @@ def check_optuna_told_seed_means(study: Study, result, groups: dict[str, list]) 
 # documented commands (test_documented_sweeps.py) and in test_sweeps.py (grid, 1 seed: n = 1 and an empty std); here
 # the paths those do not cover.
 CASES = {
-    # Ray's default variant generator draws the random keys afresh for every seed: two configurations of n = 1
+    # Ray's default variant generator would draw the random keys afresh for every seed (two configurations of n = 1);
+    # the sweep's constant_grid_search keeps one draw over the seeds: one configuration of n = 2
     "random-2-seeds": (Study(name="r2", search="random", num_samples=1, seeds=(0, 1), space={"train.lr": LR}), 1),
     "optuna-2-seeds": (Study(name="o2", search="optuna", num_samples=1, seeds=(0, 1), space={"train.lr": LR}), 1),
     "optuna-multi-2-seeds": (Study(name="m2", search="optuna", num_samples=1, seeds=(0, 1), space={"train.lr": LR},
